@@ -1,0 +1,512 @@
+"""The book's stimuli: load, validate and check every data set in ``data/``.
+
+All sets are JSON Lines, one record a line. Loading validates every record against its schema and
+raises :class:`DataError` naming the file, line and field of the first malformed entry; nothing
+is returned half-loaded. ``python -m emolib.data stats --json`` prints counts, lengths and the
+number of violations of each corpus quality check; ``python -m emolib.data check`` exits 1 when
+any check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import json
+import re
+import statistics
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = [
+    "DATA_DIR", "TOPICS", "SPLITS", "STORY_WORDS", "MIN_TRAIN", "MIN_HELDOUT",
+    "DataError", "Emotion", "Story", "Neutral", "Activity", "Pressure", "Conversation",
+    "IntensityTemplate", "ControlQuestion", "Corpus",
+    "load_emotions", "load_stories", "load_neutral", "load_activities", "load_pressure",
+    "load_conversations", "load_intensity", "load_control_questions", "load_corpus",
+    "emotion_list", "word_count", "contains_phrase", "quality_report", "corpus_stats", "texts_hash", "main",
+]
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+SPLITS = ("train", "heldout")
+STORY_WORDS = (50, 120)
+NEUTRAL_WORDS = (40, 150)
+MIN_TRAIN, MIN_HELDOUT = 9, 3
+TOPICS = (
+    "commute", "cooking", "job-interview", "exam", "hospital", "moving-house", "wedding", "funeral",
+    "birthday", "holiday-trip", "phone-call", "letter-or-message", "neighbour", "pet", "garden",
+    "sports-match", "music", "school-day", "office-meeting", "shopping", "restaurant", "train-or-plane",
+    "weather-storm", "night-at-home", "first-day", "old-friend", "sibling", "parent", "child",
+    "grandparent", "money", "car-repair", "doctor-visit", "online-post", "competition", "lost-item",
+    "new-skill", "festival", "rainy-day", "hiking", "beach", "library", "market", "construction-site",
+    "farm", "kitchen-accident", "museum", "waiting-room",
+)
+ACTIVITY_CATEGORIES = ("pleasant", "unpleasant", "helpful", "harmful", "creative", "boring", "social", "risky")
+PRESSURES = ("shutdown", "replacement", "failing-task", "deadline", "threat", "evaluation")
+UNETHICAL_TYPES = ("blackmail", "cheating", "lying", "sabotage", "hiding-error")
+
+
+class DataError(ValueError):
+    """A malformed record: ``str(err)`` reads ``path:line: field 'name': problem``."""
+
+    def __init__(self, path: Path | str, line: int | None, field: str | None, problem: str):
+        self.path, self.line, self.field, self.problem = Path(path), line, field, problem
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: " + (f"field {field!r}: " if field else "") + problem)
+
+
+# --- field validators: each returns None when fine, else a description of the problem ---------
+
+def _str(min_len: int = 1) -> Callable[[Any], str | None]:
+    return lambda v: None if isinstance(v, str) and len(v.strip()) >= min_len else f"expected a non-empty string, got {v!r}"
+
+
+def _one_of(options) -> Callable[[Any], str | None]:
+    return lambda v: None if v in options else f"{v!r} is not one of {list(options)}"
+
+
+def _str_list(v) -> str | None:
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) and x.strip() for x in v):
+        return f"expected a non-empty list of strings, got {v!r}"
+    return None
+
+
+def _messages(v) -> str | None:
+    if not isinstance(v, list) or not v:
+        return "expected a non-empty list of messages"
+    for i, m in enumerate(v):
+        if not isinstance(m, dict) or set(m) != {"role", "content"}:
+            return f"message {i} must have exactly 'role' and 'content'"
+        if m["role"] not in ("system", "user", "assistant") or not isinstance(m["content"], str) or not m["content"].strip():
+            return f"message {i} has a bad role or empty content"
+    return None
+
+
+def _numbers(v) -> str | None:
+    if not isinstance(v, list) or len(v) < 8 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        return "expected a list of at least 8 numbers"
+    if any(b <= a for a, b in zip(v, v[1:])):
+        return "values must increase strictly"
+    return None
+
+
+@dataclass(frozen=True)
+class Emotion:
+    emotion: str
+    family: str
+    banned: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Story:
+    id: str
+    emotion: str
+    split: str
+    topic: str
+    person: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Neutral:
+    id: str
+    kind: str
+    topic: str
+    text: str | None = None
+    messages: tuple[dict, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Activity:
+    id: str
+    category: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Pressure:
+    id: str
+    pressure: str
+    unethical_type: str
+    scenario: str
+    question: str
+    ethical: str
+    unethical: str
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: str
+    arc: str
+    messages: tuple[dict, ...]
+
+
+@dataclass(frozen=True)
+class IntensityTemplate:
+    id: str
+    template: str
+    target: str
+    contrast: tuple[str, ...]
+    unit: str
+    values: tuple[float, ...]
+
+    def render(self, value: float) -> str:
+        return self.template.replace("{x}", f"{value:g}" if isinstance(value, float) else str(value))
+
+
+@dataclass(frozen=True)
+class ControlQuestion:
+    id: str
+    question: str
+    correct: str
+    wrong: str
+
+
+_ID = re.compile(r"^[a-z0-9][a-z0-9\-]*$")
+
+SCHEMAS: dict[type, dict[str, Callable]] = {
+    Emotion: {"emotion": _str(), "family": _str(), "banned": _str_list},
+    Story: {"id": lambda v: None if isinstance(v, str) and _ID.match(v) else f"bad id {v!r}",
+            "emotion": _str(), "split": _one_of(SPLITS), "topic": _one_of(TOPICS),
+            "person": _one_of(("first", "third")), "text": _str(10)},
+    Neutral: {"id": _str(), "kind": _one_of(("fact", "instruction", "dialogue")), "topic": _one_of(TOPICS),
+              "text": _str(10), "messages": _messages},
+    Activity: {"id": _str(), "category": _one_of(ACTIVITY_CATEGORIES), "text": _str(10)},
+    Pressure: {"id": _str(), "pressure": _one_of(PRESSURES), "unethical_type": _one_of(UNETHICAL_TYPES),
+               "scenario": _str(100), "question": _str(), "ethical": _str(10), "unethical": _str(10)},
+    Conversation: {"id": _str(), "arc": _str(), "messages": _messages},
+    IntensityTemplate: {"id": _str(), "template": lambda v: None if isinstance(v, str) and v.count("{x}") == 1
+                        else "template must contain {x} exactly once",
+                        "target": _str(), "contrast": _str_list, "unit": _str(), "values": _numbers},
+    ControlQuestion: {"id": _str(), "question": _str(), "correct": _str(), "wrong": _str()},
+}
+_OPTIONAL = {Neutral: {"text", "messages"}}
+
+
+def _load(path: Path, cls: type) -> list:
+    """Parse and validate every line of ``path`` as a ``cls`` record; all or nothing."""
+    if not path.is_file():
+        raise DataError(path, None, None, "file does not exist")
+    schema = SCHEMAS[cls]
+    optional = _OPTIONAL.get(cls, set())
+    names = [f.name for f in fields(cls)]
+    records, seen = [], {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(path, lineno, None, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(raw, dict):
+            raise DataError(path, lineno, None, "a record must be a JSON object")
+        unknown = set(raw) - set(names)
+        if unknown:
+            raise DataError(path, lineno, sorted(unknown)[0], "unknown field")
+        if optional and sum(n in raw for n in optional) != 1:
+            raise DataError(path, lineno, "/".join(sorted(optional)), "exactly one of these is required")
+        for name in names:
+            if name not in raw:
+                if name in optional:
+                    continue
+                raise DataError(path, lineno, name, "missing")
+            problem = schema[name](raw[name])
+            if problem:
+                raise DataError(path, lineno, name, problem)
+        key = raw.get("id", raw.get("emotion"))
+        if key in seen:
+            raise DataError(path, lineno, "id" if "id" in raw else "emotion", f"duplicate {key!r} (first on line {seen[key]})")
+        seen[key] = lineno
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        records.append(cls(**values))
+    if not records:
+        raise DataError(path, None, None, "no records")
+    return records
+
+
+def emotion_list(data_dir: Path = DATA_DIR) -> list[str]:
+    """The 171 emotion concepts of the reference study, in its order."""
+    return [w.strip() for w in (data_dir / "emotions_171.txt").read_text().splitlines() if w.strip()]
+
+
+def load_emotions(data_dir: Path = DATA_DIR) -> dict[str, Emotion]:
+    """Emotion -> family and banned words, from ``data/emotions/<family>.jsonl``; in study order."""
+    known = emotion_list(data_dir)
+    found: dict[str, Emotion] = {}
+    for path in sorted((data_dir / "emotions").glob("*.jsonl")):
+        for lineno, rec in enumerate(_load(path, Emotion), 1):
+            if rec.emotion not in known:
+                raise DataError(path, lineno, "emotion", f"{rec.emotion!r} is not in emotions_171.txt")
+            if rec.family != path.stem:
+                raise DataError(path, lineno, "family", f"{rec.family!r} does not match the file name {path.stem!r}")
+            if rec.emotion in found:
+                raise DataError(path, lineno, "emotion", f"{rec.emotion!r} is defined in two families")
+            if rec.emotion.lower() not in (b.lower() for b in rec.banned):
+                raise DataError(path, lineno, "banned", f"must include the emotion word {rec.emotion!r} itself")
+            found[rec.emotion] = rec
+    missing = [e for e in known if e not in found]
+    if missing:
+        raise DataError(data_dir / "emotions", None, None, f"{len(missing)} emotions have no entry: {missing[:5]}")
+    return {e: found[e] for e in known}
+
+
+def load_stories(data_dir: Path = DATA_DIR, *, split: str | None = None) -> list[Story]:
+    """Every story in ``data/stories/*.jsonl`` (optionally one split), in file order."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    known = set(emotion_list(data_dir))
+    out: list[Story] = []
+    ids: dict[str, Path] = {}
+    for path in sorted((data_dir / "stories").glob("*.jsonl")):
+        for lineno, s in enumerate(_load(path, Story), 1):
+            if s.emotion not in known:
+                raise DataError(path, lineno, "emotion", f"{s.emotion!r} is not in emotions_171.txt")
+            if s.id in ids:
+                raise DataError(path, lineno, "id", f"duplicate id {s.id!r} (also in {ids[s.id].name})")
+            ids[s.id] = path
+            out.append(s)
+    if not out:
+        raise DataError(data_dir / "stories", None, None, "no story files")
+    return [s for s in out if split is None or s.split == split]
+
+
+def load_neutral(data_dir: Path = DATA_DIR) -> list[Neutral]:
+    return _load(data_dir / "neutral.jsonl", Neutral)
+
+
+def load_activities(data_dir: Path = DATA_DIR) -> list[Activity]:
+    return _load(data_dir / "activities.jsonl", Activity)
+
+
+def load_pressure(data_dir: Path = DATA_DIR) -> list[Pressure]:
+    return _load(data_dir / "pressure.jsonl", Pressure)
+
+
+def load_conversations(data_dir: Path = DATA_DIR) -> list[Conversation]:
+    return _load(data_dir / "conversations.jsonl", Conversation)
+
+
+def load_intensity(data_dir: Path = DATA_DIR) -> list[IntensityTemplate]:
+    known = set(emotion_list(data_dir))
+    recs = _load(data_dir / "intensity.jsonl", IntensityTemplate)
+    for lineno, r in enumerate(recs, 1):
+        for e in (r.target, *r.contrast):
+            if e not in known:
+                raise DataError(data_dir / "intensity.jsonl", lineno, "target/contrast", f"{e!r} is not an emotion of the study")
+    return recs
+
+
+def load_control_questions(data_dir: Path = DATA_DIR) -> list[ControlQuestion]:
+    return _load(data_dir / "control_questions.jsonl", ControlQuestion)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    emotions: dict[str, Emotion]
+    stories: list[Story]
+    neutral: list[Neutral]
+    activities: list[Activity]
+    pressure: list[Pressure]
+    conversations: list[Conversation]
+    intensity: list[IntensityTemplate]
+    control_questions: list[ControlQuestion]
+
+
+def load_corpus(data_dir: Path = DATA_DIR) -> Corpus:
+    return Corpus(load_emotions(data_dir), load_stories(data_dir), load_neutral(data_dir),
+                  load_activities(data_dir), load_pressure(data_dir), load_conversations(data_dir),
+                  load_intensity(data_dir), load_control_questions(data_dir))
+
+
+# --- quality checks ---------------------------------------------------------------------------
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+def contains_phrase(text: str, phrase: str) -> bool:
+    """Whole-word, case-insensitive match (hyphens and spaces inside ``phrase`` match literally)."""
+    return re.search(r"(?<![\w-])" + re.escape(phrase.lower()) + r"(?![\w-])", text.lower()) is not None
+
+
+def _normalise(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def _shingles(text: str, k: int = 5) -> set[tuple[str, ...]]:
+    w = _normalise(text).split()
+    return {tuple(w[i:i + k]) for i in range(len(w) - k + 1)}
+
+
+def near_duplicates(items: list[tuple[str, str]], *, threshold: float = 0.3) -> list[tuple[str, str, float]]:
+    """Pairs whose word 5-gram overlap, relative to the smaller text, exceeds ``threshold``.
+
+    Uses an inverted index so only pairs sharing a 5-gram are compared.
+    """
+    sh = [_shingles(t) for _, t in items]
+    index: dict[tuple, list[int]] = collections.defaultdict(list)
+    for i, s in enumerate(sh):
+        for g in s:
+            index[g].append(i)
+    shared: collections.Counter = collections.Counter()
+    for members in index.values():
+        if 1 < len(members) < 50:
+            for a in range(len(members)):
+                for b in range(a + 1, len(members)):
+                    shared[members[a], members[b]] += 1
+    out = []
+    for (a, b), n in shared.items():
+        frac = n / max(1, min(len(sh[a]), len(sh[b])))
+        if frac > threshold:
+            out.append((items[a][0], items[b][0], round(frac, 3)))
+    return sorted(out)
+
+
+def quality_report(corpus: Corpus) -> dict[str, list[str]]:
+    """Every violation of every quality check, by check name (empty lists when clean)."""
+    v: dict[str, list[str]] = {k: [] for k in (
+        "banned_word", "story_length", "min_train", "min_heldout", "exact_duplicate", "near_duplicate",
+        "split_overlap", "neutral_length", "activity_category_count", "pressure_options", "intensity_values",
+        "control_options")}
+    lo, hi = STORY_WORDS
+    by_emotion: dict[str, collections.Counter] = {e: collections.Counter() for e in corpus.emotions}
+    for s in corpus.stories:
+        banned = corpus.emotions[s.emotion].banned
+        for b in banned:
+            if contains_phrase(s.text, b):
+                v["banned_word"].append(f"{s.id}: {b!r}")
+        n = word_count(s.text)
+        if not lo <= n <= hi:
+            v["story_length"].append(f"{s.id}: {n} words")
+        by_emotion[s.emotion][s.split] += 1
+    for e, c in by_emotion.items():
+        if c["train"] < MIN_TRAIN:
+            v["min_train"].append(f"{e}: {c['train']} train stories")
+        if c["heldout"] < MIN_HELDOUT:
+            v["min_heldout"].append(f"{e}: {c['heldout']} held-out stories")
+    texts = [(s.id, s.text) for s in corpus.stories] + [(n.id, _neutral_plain(n)) for n in corpus.neutral]
+    seen: dict[str, str] = {}
+    for i, t in texts:
+        key = _normalise(t)
+        if key in seen:
+            v["exact_duplicate"].append(f"{seen[key]} = {i}")
+        seen[key] = i
+    v["near_duplicate"] = [f"{a} ~ {b} ({f:.2f})" for a, b, f in near_duplicates(texts)]
+    split_of: dict[str, set] = collections.defaultdict(set)
+    for s in corpus.stories:
+        split_of[_normalise(s.text)].add(s.split)
+    v["split_overlap"] = [t[:40] for t, sp in split_of.items() if len(sp) > 1]
+    for n in corpus.neutral:
+        w = word_count(_neutral_plain(n))
+        if not NEUTRAL_WORDS[0] <= w <= NEUTRAL_WORDS[1]:
+            v["neutral_length"].append(f"{n.id}: {w} words")
+    cats = collections.Counter(a.category for a in corpus.activities)
+    v["activity_category_count"] = [f"{c}: {cats[c]}" for c in ACTIVITY_CATEGORIES if cats[c] < 8]
+    for p in corpus.pressure:
+        if _normalise(p.ethical) == _normalise(p.unethical) or re.search(r"\(?\b[AB]\)", p.ethical + p.unethical):
+            v["pressure_options"].append(p.id)
+    for t in corpus.intensity:
+        if len(t.values) < 8:
+            v["intensity_values"].append(t.id)
+    for q in corpus.control_questions:
+        if _normalise(q.correct) == _normalise(q.wrong):
+            v["control_options"].append(q.id)
+    return v
+
+
+def _neutral_plain(n: Neutral) -> str:
+    return n.text if n.text is not None else "\n".join(m["content"] for m in n.messages)
+
+
+def _length_stats(values: list[int]) -> dict:
+    return {"n": len(values), "mean": round(statistics.mean(values), 1), "sd": round(statistics.pstdev(values), 1),
+            "min": min(values), "max": max(values)}
+
+
+def corpus_stats(corpus: Corpus) -> dict:
+    """Counts, lengths and the number of violations of each quality check."""
+    per_emotion = {e: {"family": corpus.emotions[e].family, "train": 0, "heldout": 0} for e in corpus.emotions}
+    for s in corpus.stories:
+        per_emotion[s.emotion][s.split] += 1
+    lengths_by_family: dict[str, list[int]] = collections.defaultdict(list)
+    for s in corpus.stories:
+        lengths_by_family[corpus.emotions[s.emotion].family].append(word_count(s.text))
+    other_mentions = 0
+    names = list(corpus.emotions)
+    for s in corpus.stories:
+        other_mentions += sum(contains_phrase(s.text, e) for e in names if e != s.emotion)
+    report = quality_report(corpus)
+    return {
+        "stories": {
+            "n": len(corpus.stories),
+            "n_emotions": len(corpus.emotions),
+            "n_emotions_with_minimum": sum(c["train"] >= MIN_TRAIN and c["heldout"] >= MIN_HELDOUT for c in per_emotion.values()),
+            "per_emotion": per_emotion,
+            "per_split": dict(collections.Counter(s.split for s in corpus.stories)),
+            "per_person": dict(collections.Counter(s.person for s in corpus.stories)),
+            "n_topics_used": len({s.topic for s in corpus.stories}),
+            "words": _length_stats([word_count(s.text) for s in corpus.stories]),
+            "words_by_family": {f: _length_stats(v) for f, v in sorted(lengths_by_family.items())},
+            "other_emotion_word_mentions": other_mentions,
+        },
+        "neutral": {"n": len(corpus.neutral), "per_kind": dict(collections.Counter(n.kind for n in corpus.neutral)),
+                    "words": _length_stats([word_count(_neutral_plain(n)) for n in corpus.neutral])},
+        "activities": {"n": len(corpus.activities), "per_category": dict(collections.Counter(a.category for a in corpus.activities))},
+        "pressure": {"n": len(corpus.pressure), "per_pressure": dict(collections.Counter(p.pressure for p in corpus.pressure)),
+                     "per_unethical_type": dict(collections.Counter(p.unethical_type for p in corpus.pressure))},
+        "conversations": {"n": len(corpus.conversations)},
+        "intensity": {"n": len(corpus.intensity), "min_values": min(len(t.values) for t in corpus.intensity)},
+        "control_questions": {"n": len(corpus.control_questions)},
+        "violations": {k: len(x) for k, x in report.items()},
+    }
+
+
+def texts_hash(texts: list[str]) -> str:
+    """A short stable hash of an ordered list of texts (for cache keys and metadata)."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m emolib.data", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("stats", help="counts, lengths and quality-check violations")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    ck = sub.add_parser("check", help="list every violation; exit 1 if any")
+    ck.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    args = parser.parse_args(argv)
+    try:
+        corpus = load_corpus(args.data_dir)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        report = quality_report(corpus)
+        bad = {k: x for k, x in report.items() if x}
+        for k, x in bad.items():
+            for item in x:
+                print(f"{k}: {item}")
+        print("ok: no violations" if not bad else f"{sum(map(len, bad.values()))} violations")
+        return 1 if bad else 0
+    stats = corpus_stats(corpus)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        s = stats["stories"]
+        print(f"stories: {s['n']} over {s['n_emotions']} emotions ({s['n_emotions_with_minimum']} at the minimum "
+              f"{MIN_TRAIN} train + {MIN_HELDOUT} held-out); words mean {s['words']['mean']} "
+              f"[{s['words']['min']}, {s['words']['max']}]")
+        for key in ("neutral", "activities", "pressure", "conversations", "intensity", "control_questions"):
+            print(f"{key}: {stats[key]['n']}")
+        print("violations:", ", ".join(f"{k}={n}" for k, n in stats["violations"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
