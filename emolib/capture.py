@@ -1,0 +1,295 @@
+"""Capture pooled residual-stream activations over many texts.
+
+``capture(model, texts, layers=...)`` returns ``[n_texts, n_layers, d_model]`` float32
+activations of ``blocks.L.hook_resid_post``, pooled per text:
+
+- ``"mean"``: the mean over token positions ``start`` onward (position 0 is the BOS token and is
+  never included, so ``start`` is clamped to at least 1; a text shorter than ``start + 1`` tokens
+  falls back to all its non-BOS tokens);
+- ``"last"``: the last token;
+- ``"all"``: every non-BOS token, returned as a list of ``[n_tokens_i, n_layers, d_model]``
+  tensors (for the per-token monitor; never cached).
+
+Batches are padded on the right with an attention mask, so real tokens never see padding. The
+forward pass stops after the deepest requested layer: no later block and no unembedding runs.
+Pooled results are cached on disk, keyed by the model's weights, the texts and the settings;
+chunks are written atomically as they finish, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from emolib._io import atomic_write_bytes
+from emolib.chat import encode
+from emolib.hooks import resid_hook_name
+from emolib.models import CACHE_MARKER, cache_root
+
+__all__ = ["POOLINGS", "DEFAULT_START", "CaptureResult", "CaptureCacheError", "capture", "model_fingerprint",
+           "tokenize", "mean_resid_norms"]
+
+POOLINGS = ("mean", "last", "all")
+DEFAULT_START = 10
+CAPTURE_VERSION = 1
+
+
+class CaptureCacheError(RuntimeError):
+    """A cached activation file is unreadable or does not match what was asked for."""
+
+
+class _StopForward(Exception):
+    """Raised by the deepest capture hook so that nothing after it runs."""
+
+
+@dataclass
+class CaptureResult:
+    activations: torch.Tensor | list[torch.Tensor]  # [n_texts, n_layers, d_model], or a list for "all"
+    layers: tuple[int, ...]
+    n_tokens: int          # tokens run through the model (BOS included, padding excluded)
+    seconds: float         # wall time of the forward passes (0 when fully cached)
+    from_cache: bool
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.n_tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+def model_fingerprint(model) -> str:
+    """A short hash identifying the model's weights (for cache keys)."""
+    src = getattr(model, "emolib_source", None) or {"name": model.cfg.model_name, "location": ""}
+    loc = Path(src["location"])
+    h = hashlib.sha256(str(src["name"]).encode())
+    marker = loc / CACHE_MARKER
+    if marker.is_file():
+        files = json.loads(marker.read_text())["files"]
+        h.update(json.dumps({k: v["sha256"] for k, v in sorted(files.items())}).encode())
+    elif loc.is_dir():
+        for p in sorted(loc.iterdir()):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(str(next(model.parameters()).dtype).encode())
+    return h.hexdigest()[:16]
+
+
+def tokenize(model, texts: list[str], *, max_tokens: int | None = None) -> list[list[int]]:
+    """Token ids per text, each with exactly one leading BOS (when the tokenizer has one)."""
+    out = []
+    for t in texts:
+        ids = encode(model.tokenizer, t)
+        out.append(ids[:max_tokens] if max_tokens else ids)
+    return out
+
+
+def _validate(model, texts, layers, pooling, start, batch_size) -> tuple[int, ...]:
+    if not isinstance(texts, (list, tuple)) or not texts:
+        raise ValueError("texts is empty: capture needs at least one text")
+    if not all(isinstance(t, str) and t.strip() for t in texts):
+        raise ValueError("every text must be a non-empty string")
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
+    n_layers = model.cfg.n_layers
+    layers = tuple(range(n_layers)) if layers is None else tuple(int(x) for x in layers)
+    if not layers:
+        raise ValueError("layers is empty")
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad:
+        raise ValueError(f"layer(s) {bad} out of range: the model has layers 0..{n_layers - 1}")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"duplicate layers in {layers}")
+    if start < 0:
+        raise ValueError("start must be >= 0")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    return layers
+
+
+def _forward_batch(model, batch: list[list[int]], layers: tuple[int, ...], pooling: str, start: int):
+    """Run one right-padded batch; return pooled ``[batch, n_layers, d_model]`` or per-token lists."""
+    device = next(model.parameters()).device
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    lengths = torch.tensor([len(ids) for ids in batch])
+    width = int(lengths.max())
+    toks = torch.full((len(batch), width), pad, dtype=torch.long)
+    for i, ids in enumerate(batch):
+        toks[i, : len(ids)] = torch.tensor(ids)
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+    # Pooling weights: positions >= max(start, 1) and real; fall back to all non-BOS positions.
+    pos = torch.arange(width)[None, :]
+    weights = ((pos >= max(start, 1)) & mask.bool()).float()
+    short = weights.sum(1) == 0
+    if short.any():
+        weights[short] = ((pos >= 1) & mask.bool()).float()[short]
+    if (weights.sum(1) == 0).any():
+        weights[weights.sum(1) == 0, 0] = 1.0  # a text that is only BOS: nothing else to pool
+    weights = weights.to(device)
+    last_idx = (lengths - 1).to(device)
+    got: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+
+    def make_hook(layer):
+        def hook(resid, hook):
+            r = resid.detach().float()
+            if pooling == "mean":
+                got[layer] = (r * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
+            elif pooling == "last":
+                got[layer] = r[torch.arange(r.shape[0], device=r.device), last_idx]
+            else:
+                got[layer] = r
+            if layer == deepest:
+                raise _StopForward
+            return resid
+        return hook
+
+    hooks = [(resid_hook_name(layer), make_hook(layer)) for layer in layers]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        try:
+            model(toks.to(device), attention_mask=mask.to(device),
+                  stop_at_layer=deepest + 1 if deepest + 1 < model.cfg.n_layers else None)
+        except _StopForward:
+            pass
+    stacked = torch.stack([got[layer] for layer in layers], dim=1).cpu()
+    if pooling == "all":
+        # [batch, n_layers, pos, d] -> per text [n_tokens, n_layers, d], BOS dropped
+        return [stacked[i, :, 1: int(lengths[i])].permute(1, 0, 2).contiguous() for i in range(len(batch))]
+    return stacked, int(lengths.sum())
+
+
+def _cache_dir(model, token_ids, layers, pooling, start) -> Path:
+    h = hashlib.sha256()
+    h.update(json.dumps({"v": CAPTURE_VERSION, "model": model_fingerprint(model), "layers": layers,
+                         "pooling": pooling, "start": start}).encode())
+    for ids in token_ids:
+        h.update(b",".join(str(i).encode() for i in ids))
+        h.update(b";")
+    return cache_root() / "activations" / h.hexdigest()[:24]
+
+
+def _load_checked(path: Path, n: int, n_layers: int, d_model: int) -> torch.Tensor:
+    try:
+        t = load_file(str(path))["activations"]
+    except (SafetensorError, KeyError, OSError, ValueError) as exc:
+        raise CaptureCacheError(f"cached activations {path} are unreadable ({exc}); delete {path.parent} "
+                                f"to recompute them") from exc
+    if tuple(t.shape) != (n, n_layers, d_model):
+        raise CaptureCacheError(f"cached activations {path} have shape {tuple(t.shape)}, expected "
+                                f"{(n, n_layers, d_model)}; delete {path.parent} to recompute them")
+    return t
+
+
+def capture(model, texts: list[str], *, layers: list[int] | tuple[int, ...] | None = None,
+            pooling: str = "mean", start: int = DEFAULT_START, batch_size: int = 16,
+            max_tokens: int | None = 512, use_cache: bool = True, chunk_size: int = 256,
+            progress: bool | None = None) -> CaptureResult:
+    """Pooled ``blocks.L.hook_resid_post`` activations of ``texts`` (see the module docstring)."""
+    layers = _validate(model, texts, layers, pooling, start, batch_size)
+    token_ids = tokenize(model, list(texts), max_tokens=max_tokens)
+    n, d = len(texts), model.cfg.d_model
+    # Sorting by length keeps padding small; results are put back in the caller's order.
+    order = sorted(range(n), key=lambda i: len(token_ids[i]))
+    n_batches = -(-n // batch_size)
+    show = progress if progress is not None else n_batches > 20
+    if pooling == "all" or not use_cache:
+        return _run(model, token_ids, order, layers, pooling, start, batch_size, show, n)
+
+    directory = _cache_dir(model, token_ids, layers, pooling, start)
+    final = directory / "activations.safetensors"
+    if final.exists():
+        acts = _load_checked(final, n, len(layers), d)
+        return CaptureResult(acts, layers, sum(map(len, token_ids)), 0.0, True)
+    chunks = [order[i: i + chunk_size] for i in range(0, n, chunk_size)]
+    parts: list[torch.Tensor] = []
+    n_tok, seconds = 0, 0.0
+    bar = _bar(len(chunks) * -(-chunk_size // batch_size), show, "capture")
+    for ci, chunk in enumerate(chunks):
+        path = directory / f"chunk-{ci:05d}.safetensors"
+        if path.exists():
+            parts.append(_load_checked(path, len(chunk), len(layers), d))
+            bar.update(-(-len(chunk) // batch_size))
+            continue
+        res = _run(model, token_ids, chunk, layers, pooling, start, batch_size, False, None, bar=bar)
+        n_tok += res.n_tokens
+        seconds += res.seconds
+        atomic_write_bytes(path, save({"activations": res.activations.contiguous()}))
+        parts.append(res.activations)
+    bar.close()
+    pooled = torch.cat(parts)                 # rows in `order`
+    acts = torch.empty_like(pooled)
+    acts[torch.tensor(order)] = pooled
+    meta = {"layers": json.dumps(layers), "pooling": pooling, "start": str(start), "n_texts": str(n)}
+    atomic_write_bytes(final, save({"activations": acts.contiguous()}, metadata=meta))
+    for p in directory.glob("chunk-*.safetensors"):
+        p.unlink()
+    return CaptureResult(acts, layers, n_tok or sum(map(len, token_ids)), seconds, n_tok == 0)
+
+
+class _NullBar:
+    def update(self, n=1): pass
+    def close(self): pass
+
+
+def _bar(total: int, show: bool, desc: str):
+    if not show:
+        return _NullBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr)
+
+
+def _run(model, token_ids, index, layers, pooling, start, batch_size, show, n_total, *, bar=None) -> CaptureResult:
+    """Forward the texts ``index`` (already in length order) and return their pooled activations
+    in that order (or, with ``n_total``, scattered back to original positions)."""
+    own_bar = bar is None
+    bar = _bar(-(-len(index) // batch_size), show, "capture") if own_bar else bar
+    outs, n_tok = [], 0
+    t0 = time.perf_counter()
+    for b in range(0, len(index), batch_size):
+        batch = [token_ids[i] for i in index[b: b + batch_size]]
+        out = _forward_batch(model, batch, layers, pooling, start)
+        if pooling == "all":
+            outs.extend(out)
+            n_tok += sum(map(len, batch))
+        else:
+            outs.append(out[0])
+            n_tok += out[1]
+        bar.update(1)
+    seconds = time.perf_counter() - t0
+    if own_bar:
+        bar.close()
+    if pooling == "all":
+        result: list = [None] * len(index)
+        for pos, i in enumerate(index):
+            result[pos] = outs[pos]
+        if n_total is not None:
+            scattered: list = [None] * n_total
+            for pos, i in enumerate(index):
+                scattered[i] = outs[pos]
+            result = scattered
+        return CaptureResult(result, layers, n_tok, seconds, False)
+    pooled = torch.cat(outs)
+    if n_total is not None:
+        acts = torch.empty_like(pooled)
+        acts[torch.tensor(index)] = pooled
+        pooled = acts
+    return CaptureResult(pooled, layers, n_tok, seconds, False)
+
+
+def mean_resid_norms(model, texts: list[str], *, layers=None, batch_size: int = 16) -> torch.Tensor:
+    """Mean L2 norm of the residual stream per layer over all non-BOS tokens: ``[n_layers]``.
+
+    Steering strength is expressed relative to this (BOS excluded: Gemma's BOS residual is ~15x
+    larger than other positions and would dominate the mean).
+    """
+    res = capture(model, texts, layers=layers, pooling="all", batch_size=batch_size, progress=False)
+    per_text = torch.cat([t.norm(dim=-1) for t in res.activations])  # [total_tokens, n_layers]
+    return per_text.mean(0)
