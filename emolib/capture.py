@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from emolib._io import atomic_write_bytes
@@ -175,16 +174,18 @@ def _cache_dir(model, token_ids, layers, pooling, start) -> Path:
     return cache_root() / "activations" / h.hexdigest()[:24]
 
 
-def _load_checked(path: Path, n: int, n_layers: int, d_model: int) -> torch.Tensor:
+def _load_checked(path: Path, n: int, n_layers: int, d_model: int) -> tuple[torch.Tensor, dict]:
     try:
         t = load_file(str(path))["activations"]
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
     except (SafetensorError, KeyError, OSError, ValueError) as exc:
         raise CaptureCacheError(f"cached activations {path} are unreadable ({exc}); delete {path.parent} "
                                 f"to recompute them") from exc
     if tuple(t.shape) != (n, n_layers, d_model):
         raise CaptureCacheError(f"cached activations {path} have shape {tuple(t.shape)}, expected "
                                 f"{(n, n_layers, d_model)}; delete {path.parent} to recompute them")
-    return t
+    return t, meta
 
 
 def capture(model, texts: list[str], *, layers: list[int] | tuple[int, ...] | None = None,
@@ -205,8 +206,10 @@ def capture(model, texts: list[str], *, layers: list[int] | tuple[int, ...] | No
     directory = _cache_dir(model, token_ids, layers, pooling, start)
     final = directory / "activations.safetensors"
     if final.exists():
-        acts = _load_checked(final, n, len(layers), d)
-        return CaptureResult(acts, layers, sum(map(len, token_ids)), 0.0, True)
+        acts, meta = _load_checked(final, n, len(layers), d)
+        # The throughput measured when the cache was written, so reports stay meaningful.
+        return CaptureResult(acts, layers, int(meta.get("n_tokens", sum(map(len, token_ids)))),
+                             float(meta.get("seconds", 0.0)), True)
     chunks = [order[i: i + chunk_size] for i in range(0, n, chunk_size)]
     parts: list[torch.Tensor] = []
     n_tok, seconds = 0, 0.0
@@ -214,23 +217,28 @@ def capture(model, texts: list[str], *, layers: list[int] | tuple[int, ...] | No
     for ci, chunk in enumerate(chunks):
         path = directory / f"chunk-{ci:05d}.safetensors"
         if path.exists():
-            parts.append(_load_checked(path, len(chunk), len(layers), d))
+            part, meta = _load_checked(path, len(chunk), len(layers), d)
+            n_tok += int(meta.get("n_tokens", 0))
+            seconds += float(meta.get("seconds", 0.0))
+            parts.append(part)
             bar.update(-(-len(chunk) // batch_size))
             continue
         res = _run(model, token_ids, chunk, layers, pooling, start, batch_size, False, None, bar=bar)
         n_tok += res.n_tokens
         seconds += res.seconds
-        atomic_write_bytes(path, save({"activations": res.activations.contiguous()}))
+        atomic_write_bytes(path, save({"activations": res.activations.contiguous()},
+                                      metadata={"n_tokens": str(res.n_tokens), "seconds": repr(res.seconds)}))
         parts.append(res.activations)
     bar.close()
     pooled = torch.cat(parts)                 # rows in `order`
     acts = torch.empty_like(pooled)
     acts[torch.tensor(order)] = pooled
-    meta = {"layers": json.dumps(layers), "pooling": pooling, "start": str(start), "n_texts": str(n)}
+    meta = {"layers": json.dumps(layers), "pooling": pooling, "start": str(start), "n_texts": str(n),
+            "n_tokens": str(n_tok), "seconds": repr(seconds)}
     atomic_write_bytes(final, save({"activations": acts.contiguous()}, metadata=meta))
     for p in directory.glob("chunk-*.safetensors"):
         p.unlink()
-    return CaptureResult(acts, layers, n_tok or sum(map(len, token_ids)), seconds, n_tok == 0)
+    return CaptureResult(acts, layers, n_tok, seconds, False)
 
 
 class _NullBar:

@@ -117,6 +117,14 @@ class Neutral:
     text: str | None = None
     messages: tuple[dict, ...] | None = None
 
+    def render(self, format_messages: Callable[[list[dict]], str] | None = None) -> str:
+        """The passage as text; dialogues go through ``format_messages`` (a chat formatter) if given."""
+        if self.text is not None:
+            return self.text
+        if format_messages is not None:
+            return format_messages(list(self.messages))
+        return "\n".join(m["content"] for m in self.messages)
+
 
 @dataclass(frozen=True)
 class Activity:
@@ -417,7 +425,7 @@ def quality_report(corpus: Corpus) -> dict[str, list[str]]:
 
 
 def _neutral_plain(n: Neutral) -> str:
-    return n.text if n.text is not None else "\n".join(m["content"] for m in n.messages)
+    return n.render()
 
 
 def _length_stats(values: list[int]) -> dict:
