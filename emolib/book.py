@@ -29,8 +29,11 @@ class Chapter:
     quick: tuple = ()  # extra (key, value) parameters for --quick runs
 
 
-# Filled in as the chapters land (issues 4-6), in reading order.
-CHAPTERS: tuple[Chapter, ...] = ()
+# In reading order; each chapter reads what the earlier ones wrote into the run folder.
+CHAPTERS: tuple[Chapter, ...] = (
+    Chapter("01_capture"),
+    Chapter("02_extraction"),
+)
 
 
 class ChapterFailed(RuntimeError):

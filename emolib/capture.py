@@ -35,7 +35,7 @@ from emolib.hooks import resid_hook_name
 from emolib.models import CACHE_MARKER, cache_root
 
 __all__ = ["POOLINGS", "DEFAULT_START", "CaptureResult", "CaptureCacheError", "capture", "model_fingerprint",
-           "tokenize", "mean_resid_norms"]
+           "tokenize", "mean_resid_norms", "residual_norm_profile"]
 
 POOLINGS = ("mean", "last", "all")
 DEFAULT_START = 10
@@ -113,7 +113,8 @@ def _validate(model, texts, layers, pooling, start, batch_size) -> tuple[int, ..
     return layers
 
 
-def _forward_batch(model, batch: list[list[int]], layers: tuple[int, ...], pooling: str, start: int):
+def _forward_batch(model, batch: list[list[int]], layers: tuple[int, ...], pooling: str, start: int, *,
+                   keep_bos: bool = False):
     """Run one right-padded batch; return pooled ``[batch, n_layers, d_model]`` or per-token lists."""
     device = next(model.parameters()).device
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
@@ -160,7 +161,8 @@ def _forward_batch(model, batch: list[list[int]], layers: tuple[int, ...], pooli
     stacked = torch.stack([got[layer] for layer in layers], dim=1).cpu()
     if pooling == "all":
         # [batch, n_layers, pos, d] -> per text [n_tokens, n_layers, d], BOS dropped
-        return [stacked[i, :, 1: int(lengths[i])].permute(1, 0, 2).contiguous() for i in range(len(batch))]
+        first = 0 if keep_bos else 1
+        return [stacked[i, :, first: int(lengths[i])].permute(1, 0, 2).contiguous() for i in range(len(batch))]
     return stacked, int(lengths.sum())
 
 
@@ -292,12 +294,27 @@ def _run(model, token_ids, index, layers, pooling, start, batch_size, show, n_to
     return CaptureResult(pooled, layers, n_tok, seconds, False)
 
 
-def mean_resid_norms(model, texts: list[str], *, layers=None, batch_size: int = 16) -> torch.Tensor:
+def mean_resid_norms(model, texts: list[str], *, batch_size: int = 16) -> torch.Tensor:
     """Mean L2 norm of the residual stream per layer over all non-BOS tokens: ``[n_layers]``.
 
     Steering strength is expressed relative to this (BOS excluded: Gemma's BOS residual is ~15x
     larger than other positions and would dominate the mean).
     """
-    res = capture(model, texts, layers=layers, pooling="all", batch_size=batch_size, progress=False)
-    per_text = torch.cat([t.norm(dim=-1) for t in res.activations])  # [total_tokens, n_layers]
-    return per_text.mean(0)
+    return residual_norm_profile(model, texts, batch_size=batch_size)["tokens"]
+
+
+def residual_norm_profile(model, texts: list[str], *, batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """Per layer: the mean non-BOS token norm (``"tokens"``) and the mean BOS norm (``"bos"``)."""
+    layers = tuple(range(model.cfg.n_layers))
+    token_ids = tokenize(model, texts)
+    bos_sum = torch.zeros(len(layers))
+    tok_sum, tok_n = torch.zeros(len(layers)), 0
+    for b in range(0, len(texts), batch_size):
+        batch = token_ids[b: b + batch_size]
+        per_text = _forward_batch(model, [ids for ids in batch], layers, "all", 0, keep_bos=True)
+        for t in per_text:           # [n_tokens incl. BOS, n_layers, d]
+            norms = t.norm(dim=-1)
+            bos_sum += norms[0]
+            tok_sum += norms[1:].sum(0)
+            tok_n += norms.shape[0] - 1
+    return {"tokens": tok_sum / max(tok_n, 1), "bos": bos_sum / len(texts)}

@@ -1,0 +1,151 @@
+"""Corpus-level steps that several chapters share: which texts, which splits, which activations.
+
+Chapters share files, not kernel state: each chapter calls these functions with its parameters,
+and the activation cache (``emolib.capture``) makes a repeated capture a fast file read.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from emolib.capture import DEFAULT_START, CaptureResult, capture
+from emolib.chat import format_chat
+from emolib.data import Story, emotion_list, load_emotions, load_neutral, load_stories, texts_hash
+from emolib.extraction import extract
+from emolib.validation import classification_by_layer
+from emolib.vectors import EmotionVectors
+
+__all__ = ["QUICK_EMOTIONS", "QUICK_NEUTRAL", "VAL_NUMBERS", "CorpusActivations", "study_emotions",
+           "capture_corpus", "split_of", "layer_sweep", "fit_vectors", "denoise_sweep"]
+
+QUICK_EMOTIONS = 24   # --quick: this many emotions, spread over the families
+QUICK_NEUTRAL = 60
+VAL_NUMBERS = (9, 10)  # train stories 09 and 10 of each emotion are the validation split
+
+
+def study_emotions(*, quick: bool = False, seed: int = 0) -> list[str]:
+    """All 171 emotions, or for quick runs a seeded subset that covers every family."""
+    emotions = emotion_list()
+    if not quick:
+        return emotions
+    fam = load_emotions()
+    by_family: dict[str, list[str]] = {}
+    for e in emotions:
+        by_family.setdefault(fam[e].family, []).append(e)
+    rng = random.Random(seed)
+    chosen: list[str] = []
+    pools = {f: rng.sample(v, len(v)) for f, v in by_family.items()}
+    while len(chosen) < QUICK_EMOTIONS:
+        for f in sorted(pools):
+            if pools[f] and len(chosen) < QUICK_EMOTIONS:
+                chosen.append(pools[f].pop())
+    return [e for e in emotions if e in chosen]
+
+
+def split_of(story: Story) -> str:
+    """``fit`` / ``val`` (both carved from train) or ``heldout``."""
+    if story.split == "heldout":
+        return "heldout"
+    return "val" if int(story.id.rsplit("-", 1)[1]) in VAL_NUMBERS else "fit"
+
+
+@dataclass
+class CorpusActivations:
+    emotions: list[str]
+    stories: list[Story]
+    story_acts: torch.Tensor      # [n_stories, n_layers, d_model]
+    neutral_acts: torch.Tensor    # [n_neutral, n_layers, d_model]
+    layers: tuple[int, ...]
+    story_capture: CaptureResult
+    neutral_capture: CaptureResult
+    data_hash: str
+
+    @property
+    def labels(self) -> list[str]:
+        return [s.emotion for s in self.stories]
+
+    def subset(self, splits: tuple[str, ...]) -> tuple[torch.Tensor, list[str]]:
+        keep = [i for i, s in enumerate(self.stories) if split_of(s) in splits]
+        return self.story_acts[keep], [self.stories[i].emotion for i in keep]
+
+
+def capture_corpus(model, *, quick: bool = False, seed: int = 0, batch_size: int = 16,
+                   start: int = DEFAULT_START, layers: list[int] | None = None,
+                   progress: bool | None = None) -> CorpusActivations:
+    """Capture every story of the study's emotions and the neutral corpus at ``layers`` (default all)."""
+    emotions = study_emotions(quick=quick, seed=seed)
+    keep = set(emotions)
+    stories = [s for s in load_stories() if s.emotion in keep]
+    neutral = load_neutral()
+    if quick:
+        neutral = random.Random(seed).sample(neutral, QUICK_NEUTRAL)
+    fmt = lambda msgs: format_chat(model.tokenizer, msgs, add_generation_prompt=False)  # noqa: E731
+    neutral_texts = [n.render(fmt) for n in neutral]
+    story_texts = [s.text for s in stories]
+    nres = capture(model, neutral_texts, layers=layers, start=start, batch_size=batch_size, progress=progress)
+    sres = capture(model, story_texts, layers=layers, start=start, batch_size=batch_size, progress=progress)
+    return CorpusActivations(emotions, stories, sres.activations, nres.activations, sres.layers, sres, nres,
+                             texts_hash(story_texts + neutral_texts))
+
+
+def fit_vectors(ca: CorpusActivations, *, splits: tuple[str, ...], variance: float = 0.5,
+                method: str = "mean-diff", model_name: str = "", seed: int = 0) -> EmotionVectors:
+    acts, labels = ca.subset(splits)
+    return extract(acts, labels, ca.emotions, layers=list(ca.layers), model=model_name,
+                   neutral_acts=ca.neutral_acts if variance > 0 else None, variance=variance, method=method,
+                   data_hash=ca.data_hash, seed=seed)
+
+
+def layer_sweep(ca: CorpusActivations, *, fit: tuple[str, ...], evaluate: tuple[str, ...], variance: float = 0.5,
+                method: str = "mean-diff", seed: int = 0) -> pd.DataFrame:
+    """Classification accuracy by layer: vectors from ``fit`` splits, scored on ``evaluate`` splits."""
+    vecs = fit_vectors(ca, splits=fit, variance=variance, method=method, seed=seed)
+    acts, labels = ca.subset(evaluate)
+    return classification_by_layer(vecs, acts, labels, seed=seed)
+
+
+def denoise_sweep(ca: CorpusActivations, layer: int, *, variances=(0.0, 0.25, 0.5, 0.75, 0.9),
+                  seed: int = 0) -> pd.DataFrame:
+    """Validation accuracy at one layer as the neutral variance projected out grows."""
+    li = list(ca.layers).index(layer)
+    sub = CorpusActivations(ca.emotions, ca.stories, ca.story_acts[:, [li]], ca.neutral_acts[:, [li]], (layer,),
+                            ca.story_capture, ca.neutral_capture, ca.data_hash)
+    rows = []
+    for v in variances:
+        vecs = fit_vectors(sub, splits=("fit",), variance=v, seed=seed)
+        acts, labels = sub.subset(("val",))
+        row = classification_by_layer(vecs, acts, labels, seed=seed).iloc[0].to_dict()
+        row.update(variance=v, n_components=vecs.denoise["n_components"][0])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def intensity_study(model, vectors: EmotionVectors, layer: int, *, batch_size: int = 16,
+                    n_perm: int = 10000, seed: int = 0) -> tuple[list[dict], pd.DataFrame]:
+    """Project every intensity template's renderings onto its target and contrast emotions.
+
+    The texts are one sentence long, so every non-BOS token is pooled (``start=1``). Returns the
+    curves (for plotting) and a table of Spearman rho and permutation p per template and emotion.
+    """
+    from emolib.data import load_intensity
+    from emolib.validation import intensity_scores, intensity_spearman
+
+    curves, rows = [], []
+    for t in load_intensity():
+        emos = [e for e in (t.target, *t.contrast) if e in vectors.emotions]
+        if t.target not in vectors.emotions:
+            continue
+        res = capture(model, [t.render(v) for v in t.values], layers=[layer], start=1, batch_size=batch_size,
+                      progress=False)
+        scores = intensity_scores(vectors, res.activations[:, 0], layer, emos)
+        curves.append({"id": t.id, "template": t.template, "values": list(t.values), "unit": t.unit,
+                       "scores": {e: scores[:, i] for i, e in enumerate(emos)}})
+        for i, e in enumerate(emos):
+            st = intensity_spearman(list(t.values), scores[:, i], n_perm=n_perm, seed=seed)
+            rows.append({"template": t.id, "emotion": e, "role": "target" if e == t.target else "contrast", **st})
+    return curves, pd.DataFrame(rows)
