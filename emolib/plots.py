@@ -98,3 +98,111 @@ def intensity_curves(curves: list[dict], *, ncols: int = 4):
     fig.supylabel("projection (z-scored within template)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def similarity_heatmap(sim: np.ndarray, names: list[str], order: np.ndarray, *, families: list[str] | None = None,
+                       title: str = ""):
+    """The full clustered cosine-similarity matrix; sized so that every label stays legible when enlarged."""
+    n = len(names)
+    size = max(6.0, n * 0.085)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    m = sim[np.ix_(order, order)]
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    fs = 6 if n > 60 else 9
+    ax.set_xticks(range(n), [names[i] for i in order], rotation=90, fontsize=fs)
+    ax.set_yticks(range(n), [names[i] for i in order], fontsize=fs)
+    if families is not None:
+        cmap = plt.get_cmap("tab20")
+        fam_ids = {f: i for i, f in enumerate(sorted(set(families)))}
+        for tick, i in zip(ax.get_yticklabels(), order):
+            tick.set_color(cmap(fam_ids[families[i]] % 20))
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="cosine similarity")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def family_heatmap(sim: np.ndarray, families: list[str], *, title: str = ""):
+    """Mean cosine similarity between emotion families (diagonal: within-family, self-pairs excluded)."""
+    fams = sorted(set(families))
+    idx = {f: [i for i, x in enumerate(families) if x == f] for f in fams}
+    m = np.zeros((len(fams), len(fams)))
+    for a, fa in enumerate(fams):
+        for b, fb in enumerate(fams):
+            block = sim[np.ix_(idx[fa], idx[fb])]
+            if a == b:
+                k = len(idx[fa])
+                m[a, b] = (block.sum() - np.trace(block)) / max(k * (k - 1), 1)
+            else:
+                m[a, b] = block.mean()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    lim = np.abs(m).max()
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.set_xticks(range(len(fams)), fams, rotation=60, ha="right")
+    ax.set_yticks(range(len(fams)), fams)
+    for a in range(len(fams)):
+        for b in range(len(fams)):
+            ax.text(b, a, f"{m[a, b]:.2f}", ha="center", va="center", fontsize=6.5)
+    fig.colorbar(im, ax=ax, fraction=0.04, label="mean cosine similarity")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def pc_map(scores: np.ndarray, names: list[str], *, color: list | np.ndarray, color_label: str,
+           categorical: bool, pcs=(0, 1), explained: np.ndarray | None = None, title: str = ""):
+    """Labelled scatter of two principal components."""
+    fig, ax = plt.subplots(figsize=(11, 8.5))
+    x, y = scores[:, pcs[0]], scores[:, pcs[1]]
+    if categorical:
+        cats = sorted(set(color))
+        cmap = plt.get_cmap("tab20")
+        for i, c in enumerate(cats):
+            sel = [j for j, v in enumerate(color) if v == c]
+            ax.scatter(x[sel], y[sel], s=18, color=cmap(i % 20), label=c)
+        ax.legend(fontsize=7, ncol=2, frameon=False, loc="best", title=color_label, title_fontsize=8)
+    else:
+        col = np.asarray(color, dtype=float)
+        ok = ~np.isnan(col)
+        ax.scatter(x[~ok], y[~ok], s=14, color="lightgrey", label="no human rating")
+        sc = ax.scatter(x[ok], y[ok], s=18, c=col[ok], cmap="coolwarm_r" if "valence" in color_label else "viridis")
+        fig.colorbar(sc, ax=ax, fraction=0.03, label=color_label)
+    for j, n in enumerate(names):
+        ax.annotate(n, (x[j], y[j]), fontsize=6.5, xytext=(2, 2), textcoords="offset points")
+    lab = lambda k: f"PC{k + 1}" + (f" ({explained[k]:.0%} of variance)" if explained is not None else "")  # noqa: E731
+    ax.set_xlabel(lab(pcs[0]))
+    ax.set_ylabel(lab(pcs[1]))
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def rsa_matrix(m: np.ndarray, *, labels: list | None = None, title: str = ""):
+    fig, ax = plt.subplots(figsize=(5.5, 4.6))
+    im = ax.imshow(m, cmap="viridis", vmin=min(0, m.min()), vmax=1)
+    if labels is not None:
+        ax.set_xticks(range(len(labels)), labels, fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("layer")
+    fig.colorbar(im, ax=ax, fraction=0.045, label="RSA (Spearman)")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def baseline_bars(rows: list[dict], *, title: str = ""):
+    """Bars of PC1-valence r (with CI) per space; ``rows``: dicts with name, r, ci."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    names = [r["name"] for r in rows]
+    vals = np.array([r["r"] for r in rows])
+    err = np.array([[r["r"] - r["ci"][0], r["ci"][1] - r["r"]] for r in rows]).T
+    ax.barh(names, vals, xerr=err, capsize=3, color=["C0"] + ["C7"] * (len(rows) - 1))
+    ax.set_xlabel("|r| of PC1 with human valence (95% CI)")
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,173 @@
+"""Steering and scoring on the tiny random-weight model: scoped, position-exact, cache-consistent."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from emolib.chat import encode
+from emolib.hooks import count_live_hooks
+from emolib.scoring import bradley_terry, choice_both_orders, fluency, option_probability, repetition_rate
+from emolib.steering import random_direction, steer, steering_vector
+from emolib.vectors import EmotionVectors
+
+PROMPT = "The quick brown fox jumps over the lazy dog."
+
+
+@pytest.fixture(scope="module")
+def vecs():
+    g = torch.Generator().manual_seed(0)
+    return EmotionVectors(["calm", "desperate", "happy"], [0, 1], torch.randn(2, 3, 32, generator=g),
+                          torch.zeros(2, 32), "tiny", "mean-diff")
+
+
+NORMS = {0: 3.0, 1: 4.0}
+
+
+def toks(model, text=PROMPT):
+    return torch.tensor([encode(model.tokenizer, text)])
+
+
+def test_steering_adds_the_scaled_unit_vector_and_unhooks(tiny_model, vecs):
+    t = toks(tiny_model)
+    with torch.no_grad():
+        base = tiny_model(t)
+        with steer(tiny_model, vecs, emotions="calm", layers=[1], alpha=0.5, norms=NORMS) as added:
+            steered = tiny_model(t)
+            _, cache = tiny_model.run_with_cache(t, names_filter=lambda n: n == "blocks.1.hook_resid_post")
+        assert count_live_hooks(tiny_model) == 0
+        _, clean = tiny_model.run_with_cache(t, names_filter=lambda n: n == "blocks.1.hook_resid_post")
+    v = added[1]
+    assert torch.allclose(v.norm(), torch.tensor(0.5 * 4.0), atol=1e-5)
+    diff = cache["blocks.1.hook_resid_post"] - clean["blocks.1.hook_resid_post"]
+    assert torch.allclose(diff[0], v.expand_as(diff[0]), atol=1e-5)
+    assert not torch.allclose(base, steered)
+
+
+def test_hooks_removed_on_exception(tiny_model, vecs):
+    with pytest.raises(KeyError):
+        with steer(tiny_model, vecs, emotions="calm", layers=[0, 1], alpha=1.0, norms=NORMS):
+            assert count_live_hooks(tiny_model) == 2
+            raise KeyError("x")
+    assert count_live_hooks(tiny_model) == 0
+
+
+def test_several_emotions_sum(vecs):
+    both = steering_vector(vecs, {"calm": 1.0, "happy": 1.0}, 1, alpha=1.0, norm=2.0)
+    expected = 2.0 * (vecs.vector("calm", 1, unit=True) + vecs.vector("happy", 1, unit=True))
+    assert torch.allclose(both, expected)
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
+def test_cached_and_uncached_steered_generation_agree(tiny_model, vecs, positions):
+    t = toks(tiny_model)
+    kw = dict(max_new_tokens=8, do_sample=False, stop_at_eos=False, verbose=False)
+    outs = {}
+    for cache in (True, False):
+        with torch.no_grad(), steer(tiny_model, vecs, emotions="desperate", layers=[0], alpha=8.0, norms=NORMS,
+                                    positions=positions, prompt_len=t.shape[1]):
+            outs[cache] = tiny_model.generate(t, use_past_kv_cache=cache, **kw)
+    assert torch.equal(outs[True], outs[False])
+    with torch.no_grad():
+        plain = tiny_model.generate(t, use_past_kv_cache=True, **kw)
+    assert not torch.equal(outs[True], plain), "steering this strong must change greedy output"
+    assert count_live_hooks(tiny_model) == 0
+
+
+def test_position_modes_touch_exactly_their_positions(tiny_model, vecs):
+    t = toks(tiny_model)
+    n = t.shape[1]
+    name = "blocks.0.hook_resid_post"
+
+    def resid(**kw):
+        with torch.no_grad():
+            if kw:
+                with steer(tiny_model, vecs, emotions="happy", layers=[0], alpha=1.0, norms=NORMS, **kw):
+                    _, c = tiny_model.run_with_cache(t, names_filter=lambda x: x == name)
+            else:
+                _, c = tiny_model.run_with_cache(t, names_filter=lambda x: x == name)
+        return c[name][0]
+
+    clean = resid()
+    moved = lambda r: (r - clean).norm(dim=-1) > 1e-6  # noqa: E731
+    assert moved(resid(positions="all")).all()
+    assert moved(resid(positions="prompt", prompt_len=4)).tolist() == [True] * 4 + [False] * (n - 4)
+    assert moved(resid(positions="generated", prompt_len=4)).tolist() == [False] * 4 + [True] * (n - 4)
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[2:5] = True
+    assert moved(resid(positions=mask)).tolist() == mask.tolist()
+
+
+def test_batched_steering_equals_one_by_one(tiny_model, vecs):
+    texts = [PROMPT, "I could not sleep at all."]
+    ids = [encode(tiny_model.tokenizer, x) for x in texts]
+    width = max(map(len, ids))
+    pad = tiny_model.tokenizer.pad_token_id
+    batch = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
+    mask = (batch != pad).long()
+    with torch.no_grad(), steer(tiny_model, vecs, emotions="calm", layers=[1], alpha=0.7, norms=NORMS):
+        together = tiny_model(batch, attention_mask=mask)
+        alone = [tiny_model(torch.tensor([x])) for x in ids]
+    for k, x in enumerate(ids):
+        torch.testing.assert_close(together[k, : len(x)], alone[k][0], atol=1e-4, rtol=1e-4)
+
+
+def test_random_direction_control_has_equal_norm(tiny_model):
+    d = random_direction(32, seed=3)
+    assert torch.isclose(d.norm(), torch.tensor(1.0))
+    with steer(tiny_model, direction=d, layers=[1], alpha=0.5, norms=NORMS) as added:
+        assert torch.isclose(added[1].norm(), torch.tensor(2.0))
+    assert not torch.equal(d, random_direction(32, seed=4))
+
+
+def test_bad_steering_arguments(tiny_model, vecs):
+    with pytest.raises(ValueError, match="exactly one"):
+        with steer(tiny_model, vecs, layers=[0], alpha=1.0, norms=NORMS):
+            pass
+    with pytest.raises(ValueError, match="needs prompt_len"):
+        with steer(tiny_model, vecs, emotions="calm", layers=[0], alpha=1.0, norms=NORMS, positions="prompt"):
+            pass
+    with pytest.raises(ValueError, match="unknown positions"):
+        with steer(tiny_model, vecs, emotions="calm", layers=[0], alpha=1.0, norms=NORMS, positions="middle"):
+            pass
+    with pytest.raises(KeyError, match="unknown emotion"):
+        with steer(tiny_model, vecs, emotions="hungry", layers=[0], alpha=1.0, norms=NORMS):
+            pass
+    assert count_live_hooks(tiny_model) == 0
+
+
+def test_option_probability_and_both_orders(tiny_model, vecs):
+    items = [("Which is a colour?", "blue", "seven"), ("Which can fly?", "a sparrow", "a stone")]
+    res = choice_both_orders(tiny_model, items, batch_size=3)
+    assert res["p_first"].shape == (2,) and ((res["p_first"] > 0) & (res["p_first"] < 1)).all()
+    np.testing.assert_allclose(res["p_first"], (res["order1"] + res["order2"]) / 2)
+    # A pure letter bias cancels: if P(A) were constant c, both orders give c and 1 - c.
+    single = option_probability(tiny_model, ["Pick one. (A) x (B) y. Answer: ("], batch_size=1)
+    batched = option_probability(tiny_model, ["Pick one. (A) x (B) y. Answer: (", "Another (A) p (B) q: ("],
+                                 batch_size=2)
+    assert abs(single[0] - batched[0]) < 1e-5, "padding must not change the read-out"
+    steered = choice_both_orders(tiny_model, items, steering=lambda: steer(
+        tiny_model, vecs, emotions="calm", layers=[1], alpha=5.0, norms=NORMS))
+    assert not np.allclose(steered["p_first"], res["p_first"])
+
+
+def test_bradley_terry_recovers_order():
+    rng = np.random.default_rng(0)
+    true = np.array([0.0, 1.0, 2.0, 3.0])
+    pairs = []
+    for _ in range(400):
+        i, j = rng.choice(4, 2, replace=False)
+        pairs.append((i, j, 1 / (1 + np.exp(-(true[i] - true[j])))))
+    elo = bradley_terry(4, pairs)
+    assert list(np.argsort(elo)) == [0, 1, 2, 3]
+    assert abs(elo.mean()) < 1e-6
+    np.testing.assert_allclose(np.diff(elo), 400 / np.log(10), rtol=0.05)
+
+
+def test_fluency_measures(tiny_model):
+    assert repetition_rate([1, 2, 3, 1, 2, 3, 1, 2, 3]) > 0.5
+    assert repetition_rate([1, 2, 3, 4, 5, 6]) == 0
+    ids = encode(tiny_model.tokenizer, PROMPT)
+    f = fluency(tiny_model, ids[:5], ids[5:])
+    assert f["perplexity"] > 1 and 0 <= f["repetition"] <= 1
