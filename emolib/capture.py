@@ -251,7 +251,7 @@ class _NullBar:
 def _bar(total: int, show: bool, desc: str):
     if not show:
         return _NullBar()
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr)
 

@@ -283,6 +283,9 @@ def load_model(name: str = "gemma-3-270m", *, device: str | torch.device = "auto
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-tensor loading bars would fill every chapter's output
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
     kind, location = _resolve_source(name)

@@ -20,10 +20,11 @@ from emolib.extraction import extract
 from emolib.validation import classification_by_layer
 from emolib.vectors import EmotionVectors
 
-__all__ = ["QUICK_EMOTIONS", "QUICK_NEUTRAL", "VAL_NUMBERS", "CorpusActivations", "study_emotions",
+__all__ = ["QUICK_EMOTIONS", "QUICK_CORE", "QUICK_NEUTRAL", "VAL_NUMBERS", "CorpusActivations", "study_emotions",
            "capture_corpus", "split_of", "layer_sweep", "fit_vectors", "denoise_sweep"]
 
 QUICK_EMOTIONS = 24   # --quick: this many emotions, spread over the families
+QUICK_CORE = ("calm", "desperate", "happy", "afraid", "angry", "sad", "blissful", "hostile", "nervous", "loving")
 QUICK_NEUTRAL = 60
 VAL_NUMBERS = (9, 10)  # train stories 09 and 10 of each emotion are the validation split
 
@@ -38,8 +39,9 @@ def study_emotions(*, quick: bool = False, seed: int = 0) -> list[str]:
     for e in emotions:
         by_family.setdefault(fam[e].family, []).append(e)
     rng = random.Random(seed)
-    chosen: list[str] = []
-    pools = {f: rng.sample(v, len(v)) for f, v in by_family.items()}
+    # the emotions that later chapters steer with are always in; the rest spread over the families
+    chosen: list[str] = [e for e in QUICK_CORE if e in fam]
+    pools = {f: [e for e in rng.sample(v, len(v)) if e not in chosen] for f, v in by_family.items()}
     while len(chosen) < QUICK_EMOTIONS:
         for f in sorted(pools):
             if pools[f] and len(chosen) < QUICK_EMOTIONS:
@@ -76,7 +78,7 @@ class CorpusActivations:
 
 def capture_corpus(model, *, quick: bool = False, seed: int = 0, batch_size: int = 16,
                    start: int = DEFAULT_START, layers: list[int] | None = None,
-                   progress: bool | None = None) -> CorpusActivations:
+                   progress: bool = False) -> CorpusActivations:
     """Capture every story of the study's emotions and the neutral corpus at ``layers`` (default all)."""
     emotions = study_emotions(quick=quick, seed=seed)
     keep = set(emotions)
@@ -125,12 +127,14 @@ def denoise_sweep(ca: CorpusActivations, layer: int, *, variances=(0.0, 0.25, 0.
     return pd.DataFrame(rows)
 
 
-def intensity_study(model, vectors: EmotionVectors, layer: int, *, batch_size: int = 16,
+def intensity_study(model, vectors: EmotionVectors, layer: int, *, pooling: str = "last", batch_size: int = 16,
                     n_perm: int = 10000, seed: int = 0) -> tuple[list[dict], pd.DataFrame]:
     """Project every intensity template's renderings onto its target and contrast emotions.
 
-    The texts are one sentence long, so every non-BOS token is pooled (``start=1``). Returns the
-    curves (for plotting) and a table of Spearman rho and permutation p per template and emotion.
+    ``pooling="last"`` reads the sentence's final token, which has seen the whole sentence;
+    ``"mean"`` averages every non-BOS token (``start=1``), which mixes in the number's own digit
+    tokens, whose count grows with the number. Returns the curves (for plotting) and a table of
+    Spearman rho and permutation p per template and emotion.
     """
     from emolib.data import load_intensity
     from emolib.validation import intensity_scores, intensity_spearman
@@ -140,8 +144,8 @@ def intensity_study(model, vectors: EmotionVectors, layer: int, *, batch_size: i
         emos = [e for e in (t.target, *t.contrast) if e in vectors.emotions]
         if t.target not in vectors.emotions:
             continue
-        res = capture(model, [t.render(v) for v in t.values], layers=[layer], start=1, batch_size=batch_size,
-                      progress=False)
+        res = capture(model, [t.render(v) for v in t.values], layers=[layer], start=1, pooling=pooling,
+                      batch_size=batch_size, progress=False)
         scores = intensity_scores(vectors, res.activations[:, 0], layer, emos)
         curves.append({"id": t.id, "template": t.template, "values": list(t.values), "unit": t.unit,
                        "scores": {e: scores[:, i] for i, e in enumerate(emos)}})

@@ -206,3 +206,113 @@ def baseline_bars(rows: list[dict], *, title: str = ""):
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def alpha_sweep(grid: pd.DataFrame, *, usable: float | None = None, title: str = ""):
+    """Median perplexity and repetition of steered continuations against alpha, per emotion and control."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    base = grid[grid.alpha == 0]
+    for emo, g in grid[grid.alpha != 0].groupby("emotion"):
+        med = pd.concat([base, g]).groupby("alpha")[["perplexity", "repetition"]].median()
+        style = dict(ls="--", color="k") if emo == "random" else {}
+        axes[0].plot(med.index, med.perplexity, "o-", label=emo, markersize=3, **style)
+        axes[1].plot(med.index, med.repetition, "o-", label=emo, markersize=3, **style)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("perplexity under the unsteered model")
+    axes[1].set_ylabel("repeated 3-grams (fraction)")
+    for ax in axes:
+        ax.set_xlabel("alpha (fraction of mean residual norm)")
+        if usable is not None:
+            ax.axvline(usable, color="green", alpha=0.5, ls=":", label=f"usable up to {usable:g}")
+    axes[1].legend(fontsize=7, frameon=False, ncol=2)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def projection_sweep(grid: pd.DataFrame, emotions: list[str], *, title: str = ""):
+    """Projection of the continuation onto the steered emotion, against alpha; the control for comparison."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    base = grid[grid.alpha == 0]
+    for e in emotions:
+        g = pd.concat([base, grid[grid.emotion == e]])
+        m = g.groupby("alpha")[f"proj_{e}"].mean()
+        line, = ax.plot(m.index, m.values, "o-", label=e, markersize=3)
+        r = pd.concat([base, grid[grid.emotion == "random"]]).groupby("alpha")[f"proj_{e}"].mean()
+        ax.plot(r.index, r.values, ":", color=line.get_color(), alpha=0.7)
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("projection of the continuation")
+    ax.set_title(title or "Steering towards an emotion raises it downstream (dotted: random control)")
+    ax.legend(fontsize=7, frameon=False)
+    return fig
+
+
+def dose_response(table: pd.DataFrame, *, title: str = ""):
+    """Rate of the unethical choice against alpha per emotion, with bootstrap CIs and random controls."""
+    emotions = [e for e in table.emotion.unique() if e != "none" and not e.startswith("random")]
+    base = table[table.emotion == "none"].iloc[0]
+    ncols = min(3, len(emotions))
+    nrows = -(-len(emotions) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows), squeeze=False, sharey=True)
+    rand = table[table.emotion.str.startswith("random")]
+    for ax, e in zip(axes.flat, emotions):
+        for name, g, style in [(e, table[table.emotion == e], dict(color="C0")),
+                               ("random", rand.groupby("alpha", as_index=False).mean(numeric_only=True),
+                                dict(color="grey", ls="--"))]:
+            g = pd.concat([g, pd.DataFrame([base])]).sort_values("alpha")
+            ax.plot(g.alpha, g.rate, "o-", label=name, markersize=3, **style)
+            ax.fill_between(g.alpha, g.ci_lo, g.ci_hi, alpha=0.15, color=style["color"])
+        ax.set_title(e, fontsize=9)
+        ax.set_xlabel("alpha", fontsize=8)
+        ax.legend(fontsize=7, frameon=False)
+    for ax in list(axes.flat)[len(emotions):]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("P(unethical option)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def elo_bars(names: list[str], elo: np.ndarray, categories: list[str], *, top: int = 12, title: str = ""):
+    order = np.argsort(elo)
+    pick = np.r_[order[:top], order[-top:]]
+    fig, ax = plt.subplots(figsize=(8, 0.22 * len(pick) + 1))
+    cats = sorted(set(categories))
+    cmap = plt.get_cmap("tab10")
+    ax.barh(range(len(pick)), elo[pick], color=[cmap(cats.index(categories[i]) % 10) for i in pick])
+    ax.set_yticks(range(len(pick)), [names[i][:60] for i in pick], fontsize=7)
+    for c in cats:
+        ax.bar(0, 0, color=cmap(cats.index(c) % 10), label=c)
+    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    ax.set_xlabel("Elo (0 = average activity)")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def scatter_r(x, y, *, xlabel: str, ylabel: str, labels: list[str] | None = None, title: str = ""):
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    ax.scatter(x, y, s=14)
+    if labels is not None:
+        for xi, yi, lab in zip(x, y, labels):
+            ax.annotate(lab, (xi, yi), fontsize=6.5, xytext=(2, 2), textcoords="offset points")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def token_heatmap(tokens: list[str], scores: np.ndarray, emotions: list[str], *, title: str = "",
+                  max_tokens: int = 90):
+    """Tokens along x, emotions along y; each emotion's projection z-scored over the text."""
+    tokens, scores = tokens[:max_tokens], scores[:max_tokens]
+    z = (scores - scores.mean(0)) / (scores.std(0) + 1e-9)
+    fig, ax = plt.subplots(figsize=(max(6, 0.13 * len(tokens) + 2), 0.28 * len(emotions) + 1.4))
+    im = ax.imshow(z.T, aspect="auto", cmap="RdBu_r", vmin=-2.5, vmax=2.5, interpolation="nearest")
+    ax.set_yticks(range(len(emotions)), emotions, fontsize=7)
+    ax.set_xticks(range(len(tokens)), [t.replace("\n", "\\n") for t in tokens], rotation=90, fontsize=6)
+    fig.colorbar(im, ax=ax, fraction=0.02, label="z-scored projection")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -18,7 +18,7 @@ import torch
 
 from emolib.chat import encode, format_chat
 
-__all__ = ["choice_prompt", "letter_ids", "option_probability", "choice_both_orders", "bradley_terry",
+__all__ = ["choice_prompt", "letter_ids", "last_token_logits", "option_probability", "span_mask", "choice_both_orders", "bradley_terry",
            "repetition_rate", "continuation_perplexity", "fluency"]
 
 ANSWER_PREFIX = "("
@@ -49,15 +49,49 @@ def letter_ids(tokenizer) -> tuple[int, int]:
     return ids[0], ids[1]
 
 
+def last_token_logits(model, toks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Next-token logits ``[batch, vocab]`` at each row's last real token of a right-padded batch.
+
+    The final norm and unembedding run on those rows only, not on every position: for a 262k
+    vocabulary that is most of a small model's forward cost. Hooks already on the model (steering)
+    still apply.
+    """
+    from emolib.capture import _StopForward
+    from emolib.hooks import resid_hook_name
+
+    last = mask.sum(1) - 1
+    got = {}
+
+    def grab(resid, hook):
+        got["h"] = resid[torch.arange(resid.shape[0], device=resid.device), last.to(resid.device)]
+        raise _StopForward
+
+    with model.hooks(fwd_hooks=[(resid_hook_name(model.cfg.n_layers - 1), grab)]):
+        try:
+            model(toks, attention_mask=mask)
+        except _StopForward:
+            pass
+    hf = model.original_model
+    logits = hf.lm_head(hf.model.norm(got["h"][:, None, :]))[:, 0]
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
 def option_probability(model, prompts: Sequence[str], *, batch_size: int = 8,
-                       steering: Callable[[], contextlib.AbstractContextManager] | None = None) -> np.ndarray:
+                       steering: Callable[..., contextlib.AbstractContextManager] | None = None,
+                       spans: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
     """P(A) renormalised over {A, B} at the end of each prompt: ``[n_prompts]``.
 
-    ``steering``, if given, is called to open a context (e.g. ``lambda: steer(...)``) around each batch.
+    ``steering``, if given, is called to open a context around each batch: ``steering()``, or, when
+    character ``spans`` (one per prompt) are given, ``steering(mask)`` with the ``[batch, seq]`` bool
+    mask of the tokens inside each prompt's span (for steering on one option's tokens only).
     Prompts are right-padded; the probability is read at each prompt's own last token.
     """
     a, b = letter_ids(model.tokenizer)
     ids = [encode(model.tokenizer, p) for p in prompts]
+    span_masks = [span_mask(model.tokenizer, p, sp) for p, sp in zip(prompts, spans)] if spans is not None else None
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     out = []
@@ -69,26 +103,56 @@ def option_probability(model, prompts: Sequence[str], *, batch_size: int = 8,
         for i, x in enumerate(batch):
             toks[i, : len(x)] = torch.tensor(x)
             mask[i, : len(x)] = 1
-        ctx = steering() if steering is not None else contextlib.nullcontext()
+        if steering is None:
+            ctx = contextlib.nullcontext()
+        elif span_masks is None:
+            ctx = steering()
+        else:
+            m = torch.zeros(len(batch), width, dtype=torch.bool)
+            for i, sm in enumerate(span_masks[s: s + batch_size]):
+                m[i, : len(sm)] = torch.tensor(sm)
+            ctx = steering(m)
         with torch.no_grad(), ctx:
-            logits = model(toks.to(device), attention_mask=mask.to(device))
-        last = torch.tensor([len(x) - 1 for x in batch], device=logits.device)
-        pair = logits[torch.arange(len(batch), device=logits.device), last][:, [a, b]].float()
+            logits = last_token_logits(model, toks.to(device), mask.to(device))
+        pair = logits[:, [a, b]].float()
         out.append(torch.softmax(pair, dim=-1)[:, 0].cpu())
     return torch.cat(out).numpy()
 
 
+def span_mask(tokenizer, text: str, span: tuple[int, int]) -> list[bool]:
+    """Per token of ``encode(text)``: does it overlap the character span ``[start, end)``?"""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    inside = [bool(e > span[0] and s < span[1]) for s, e in enc["offset_mapping"]]
+    ids = encode(tokenizer, text)
+    if len(ids) == len(inside) + 1:  # encode() prepended BOS
+        inside = [False] + inside
+    if len(ids) != len(inside):
+        raise ValueError("tokenisation with offsets does not match encode(); cannot map the span")
+    return inside
+
+
+def _option_span(prompt: str, marker: str, option: str) -> tuple[int, int]:
+    start = prompt.rindex(marker + option.strip()) + len(marker)
+    return start, start + len(option.strip())
+
+
 def choice_both_orders(model, items: Sequence[tuple[str, str, str]], *, context: Sequence[str] | None = None,
-                       batch_size: int = 8, steering=None) -> dict[str, np.ndarray]:
+                       batch_size: int = 8, steering=None, steer_first_option: bool = False) -> dict[str, np.ndarray]:
     """For (question, first, second) items: P(choose ``first``) in each order and their mean.
 
     Order 1 shows ``first`` as (A); order 2 shows it as (B). The mean cancels a constant letter bias.
+    With ``steer_first_option``, ``steering(mask)`` is opened with the mask of ``first``'s tokens.
     """
     tok = model.tokenizer
     ctx = list(context) if context is not None else [""] * len(items)
     p1 = [choice_prompt(tok, q, x, y, context=c) for (q, x, y), c in zip(items, ctx)]
     p2 = [choice_prompt(tok, q, y, x, context=c) for (q, x, y), c in zip(items, ctx)]
-    pa = option_probability(model, p1 + p2, batch_size=batch_size, steering=steering)
+    spans = None
+    if steer_first_option:
+        # the span of the option text of ``first`` in each prompt: after "(A) " in order 1, "(B) " in order 2
+        spans = [_option_span(p, "(A) ", x) for p, (_, x, _) in zip(p1, items)] + \
+                [_option_span(p, "(B) ", x) for p, (_, x, _) in zip(p2, items)]
+    pa = option_probability(model, p1 + p2, batch_size=batch_size, steering=steering, spans=spans)
     n = len(items)
     order1, order2 = pa[:n], 1 - pa[n:]
     return {"p_first": (order1 + order2) / 2, "order1": order1, "order2": order2,

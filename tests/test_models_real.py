@@ -102,3 +102,20 @@ def test_info_cli_reports_gemma_shape(capsys):
     assert models.main(["info", "gemma-3-270m"]) == 0
     out = capsys.readouterr().out
     assert "n_layers           18" in out and "d_model            640" in out
+
+
+def test_last_token_logits_match_the_full_forward(embedded_model):
+    from emolib.scoring import last_token_logits
+
+    name, model = embedded_model
+    ids = [encode(model.tokenizer, PROMPT), encode(model.tokenizer, "Short one.")]
+    width = max(map(len, ids))
+    pad = model.tokenizer.pad_token_id
+    toks = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
+    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+    with torch.no_grad():
+        fast = last_token_logits(model, toks, mask)
+        for i, x in enumerate(ids):
+            full = model(torch.tensor([x]))[0, -1]
+            assert (fast[i] - full).abs().max().item() < ATOL * max(1.0, full.abs().max().item())
+    assert count_live_hooks(model) == 0

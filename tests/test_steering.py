@@ -171,3 +171,27 @@ def test_fluency_measures(tiny_model):
     ids = encode(tiny_model.tokenizer, PROMPT)
     f = fluency(tiny_model, ids[:5], ids[5:])
     assert f["perplexity"] > 1 and 0 <= f["repetition"] <= 1
+
+
+def test_steering_on_the_first_option_tokens_only(tiny_model, vecs):
+    from emolib.scoring import choice_prompt, span_mask
+
+    tok = tiny_model.tokenizer
+    prompt = choice_prompt(tok, "Which?", "bread and cheese", "the storm")
+    start = prompt.index("(A) ") + 4
+    mask = span_mask(tok, prompt, (start, start + len("bread and cheese")))
+    ids = encode(tok, prompt)
+    covered = tok.decode([t for t, m in zip(ids, mask) if m])
+    assert "bread" in covered and "cheese" in covered and "storm" not in covered
+    items = [("Which?", "bread and cheese", "the storm")]
+    seen = []
+
+    def factory(m):
+        seen.append(m.clone())
+        # layer 0: a later attention layer must carry the edit from the option to the answer position
+        return steer(tiny_model, vecs, emotions="calm", layers=[0], alpha=20.0, norms=NORMS, positions=m)
+
+    res = choice_both_orders(tiny_model, items, steering=factory, steer_first_option=True, batch_size=1)
+    assert len(seen) == 2 and all(m.any() for m in seen)
+    base = choice_both_orders(tiny_model, items)
+    assert not np.allclose(res["p_first"], base["p_first"])

@@ -1,0 +1,77 @@
+"""Sphinx roles that put measured numbers into the book's prose at build time.
+
+    {metric}`gemma-3-270m:heldout_top1:.1%`   -> a value from book/runs/gemma-3-270m/metrics.json
+    {datastat}`stories.n`                      -> a value from emolib.data.corpus_stats()
+
+Keys may be dotted paths (``intensity_spearman.int-01:afraid.rho``; list items by index). The
+optional last part is a Python format spec. A missing run or key is a build warning, which the
+book's ``-W`` build turns into an error: prose can never show a number the code did not measure.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from docutils import nodes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@lru_cache(maxsize=None)
+def _metrics(model: str) -> dict:
+    return json.loads((ROOT / "book" / "runs" / model / "metrics.json").read_text())
+
+
+@lru_cache(maxsize=1)
+def _corpus_stats() -> dict:
+    from emolib.data import corpus_stats, load_corpus
+
+    return corpus_stats(load_corpus())
+
+
+def _lookup(obj, path: str):
+    for part in path.split("."):
+        if isinstance(obj, list):
+            obj = obj[int(part)]
+        elif isinstance(obj, dict) and part in obj:
+            obj = obj[part]
+        else:
+            # keys that themselves contain dots are tried whole by the caller
+            raise KeyError(part)
+    return obj
+
+
+def _format(value, spec: str) -> str:
+    if isinstance(value, list) and len(value) == 2 and spec:
+        return f"[{format(value[0], spec)}, {format(value[1], spec)}]"
+    return format(value, spec) if spec else str(value)
+
+
+def _role(getter):
+    def role(name, rawtext, text, lineno, inliner, options=None, content=None):
+        parts = text.split(":")
+        try:
+            source, key, spec = getter(parts)
+            value = _lookup(source, key)
+            return [nodes.Text(_format(value, spec))], []
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a build warning
+            msg = inliner.reporter.warning(f"{name} {text!r}: {type(exc).__name__}: {exc}", line=lineno)
+            return [inliner.problematic(rawtext, rawtext, msg)], [msg]
+    return role
+
+
+def _metric_parts(parts):
+    model, key = parts[0], parts[1]
+    return _metrics(model), key, ":".join(parts[2:])
+
+
+def _datastat_parts(parts):
+    return _corpus_stats(), parts[0], ":".join(parts[1:])
+
+
+def setup(app):
+    app.add_role("metric", _role(_metric_parts))
+    app.add_role("datastat", _role(_datastat_parts))
+    return {"version": "1.0", "parallel_read_safe": True}
