@@ -71,7 +71,16 @@ def _datastat_parts(parts):
     return _corpus_stats(), parts[0], ":".join(parts[1:])
 
 
+def _drop_thebe(app):
+    """Jupyter Book 1.x runs sphinx-thebe's script registration twice, declaring ``const
+    THEBE_JS_URL`` twice (a SyntaxError in the browser), and thebe would fetch code from a CDN.
+    This book runs no live code, so its listener is removed before any page is read."""
+    for event, listeners in app.events.listeners.items():
+        listeners[:] = [ls for ls in listeners if getattr(ls.handler, "__module__", "") != "sphinx_thebe"]
+
+
 def setup(app):
+    app.connect("builder-inited", _drop_thebe)
     app.add_role("metric", _role(_metric_parts))
     app.add_role("datastat", _role(_datastat_parts))
     return {"version": "1.0", "parallel_read_safe": True}
