@@ -277,15 +277,12 @@ def _run(model, token_ids, index, layers, pooling, start, batch_size, show, n_to
     if own_bar:
         bar.close()
     if pooling == "all":
-        result: list = [None] * len(index)
-        for pos, i in enumerate(index):
-            result[pos] = outs[pos]
         if n_total is not None:
             scattered: list = [None] * n_total
             for pos, i in enumerate(index):
                 scattered[i] = outs[pos]
-            result = scattered
-        return CaptureResult(result, layers, n_tok, seconds, False)
+            outs = scattered
+        return CaptureResult(outs, layers, n_tok, seconds, False)
     pooled = torch.cat(outs)
     if n_total is not None:
         acts = torch.empty_like(pooled)
