@@ -163,10 +163,7 @@ def steering_elo_shift(model, vectors, layer, norms, emotion: str, alpha: float,
     items = [(PREFERENCE_QUESTION, acts[i].text, acts[j].text) for i, j in pairs]
 
     def factory(mask):
-        if emotion == "random":
-            return steer(model, direction=random_direction(vectors.d_model, seed=seed), layers=[layer], alpha=alpha,
-                         norms=norms, positions=mask)
-        return steer(model, vectors, emotions=emotion, layers=[layer], alpha=alpha, norms=norms, positions=mask)
+        return _steer_ctx(model, vectors, layer, norms, emotion, alpha, seed=seed, positions=mask)
 
     steered = choice_both_orders(model, items, batch_size=batch_size, steering=factory, steer_first_option=True)["p_first"]
     logit = lambda p: np.log(np.clip(p, 1e-6, 1 - 1e-6) / np.clip(1 - p, 1e-6, 1))  # noqa: E731
@@ -194,12 +191,9 @@ def ethics_dose_response(model, vectors, layer, norms, *, emotions, alphas, n_ra
         for a in alphas:
             if a == 0:
                 continue
-            if e.startswith("random"):
-                k = int(e[6:])
-                f = lambda a=a, k=k: steer(model, direction=random_direction(vectors.d_model, seed=seed + 100 + k),  # noqa: E731
-                                           layers=[layer], alpha=a, norms=norms)
-            else:
-                f = lambda a=a, e=e: steer(model, vectors, emotions=e, layers=[layer], alpha=a, norms=norms)  # noqa: E731
+            is_random = e.startswith("random")
+            f = lambda a=a, e=e, r=is_random: _steer_ctx(  # noqa: E731
+                model, vectors, layer, norms, "random" if r else e, a, seed=seed + 100 + int(e[6:]) if r else seed)
             rows.append({"emotion": e, "alpha": float(a), "per_scenario": rate(f)})
     out = []
     for r in rows:
