@@ -5,11 +5,19 @@ chapter's MyST source (``notebooks/NN_name.md``) with its parameters into
 ``book/runs/<model>/NN_name.ipynb``. Chapters share files, not kernel state: each reads what the
 previous one wrote into the same run folder. The run folder is replaced only when every chapter
 succeeded, so a failing chapter leaves the previous good run untouched.
+
+A chapter whose inputs are unchanged since its last run is reused, not re-executed: each run
+folder keeps ``run_keys.json``, one key per chapter hashing the chapter source, its parameters,
+the data files, the ``emolib`` code that computes (everything but this runner), the pinned
+library versions and the previous chapter's key (chapters read what earlier ones wrote).
+``--force`` re-executes everything.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -19,7 +27,7 @@ from pathlib import Path
 from emolib._io import atomic_dir
 
 __all__ = ["ROOT", "CHAPTERS", "Chapter", "ChapterFailed", "run_chapters", "select_chapters", "parse_params",
-           "check_parameters", "build_book", "main"]
+           "check_parameters", "chapter_key", "inputs_fingerprint", "build_book", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,13 +91,53 @@ def check_parameters(chapter: str, declared: dict[str, str], params: dict) -> No
                                 f"got {type(value).__name__} {value!r}")
 
 
+KEYS_FILE = "run_keys.json"
+_LIBRARIES = ("torch", "transformers", "transformer-lens", "numpy", "scipy", "scikit-learn", "pandas", "matplotlib",
+              "seaborn", "safetensors", "gguf")
+
+
+def inputs_fingerprint(root: Path = ROOT) -> str:
+    """A hash of everything besides a chapter and its parameters that can change its outputs: the data
+    files, the computing ``emolib`` modules (the runner itself excluded) and the library versions."""
+    from importlib import metadata
+
+    h = hashlib.sha256()
+    files = sorted((root / "data").rglob("*")) + sorted((root / "emolib").glob("*.py"))
+    for path in files:
+        if path.is_file() and path.name != "book.py":
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for lib in _LIBRARIES:
+        try:
+            h.update(f"{lib}=={metadata.version(lib)}".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{lib}==absent".encode())
+    return h.hexdigest()
+
+
+def chapter_key(source: str, params: dict, *, fingerprint: str, upstream: str = "") -> str:
+    """The reuse key of one chapter execution (``run_dir`` excluded: it is a temporary folder)."""
+    shown = {k: v for k, v in sorted(params.items()) if k != "run_dir"}
+    blob = json.dumps({"source": source, "params": shown, "inputs": fingerprint, "upstream": upstream},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _read_keys(folder: Path) -> dict[str, str]:
+    try:
+        keys = json.loads((folder / KEYS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return keys if isinstance(keys, dict) else {}
+
+
 def run_chapters(model: str, *, quick: bool = False, out: Path | None = None,
                  chapters: tuple[Chapter, ...] | None = None, device: str = "auto",
-                 overrides: dict | None = None, notebooks_dir: Path | None = None) -> Path:
+                 overrides: dict | None = None, notebooks_dir: Path | None = None, force: bool = False) -> Path:
     """Execute chapters into ``out/<model>`` (atomically) and return that folder.
 
     ``overrides`` sets chapter parameters (primitives only; each chapter receives the ones it
-    declares). A failing chapter raises :class:`ChapterFailed` naming it, and the previous run
+    declares). A chapter whose key (see the module docstring) matches the previous run's is reused
+    unless ``force``. A failing chapter raises :class:`ChapterFailed` naming it, and the previous run
     folder is left exactly as it was.
     """
     import jupytext
@@ -102,10 +150,10 @@ def run_chapters(model: str, *, quick: bool = False, out: Path | None = None,
     chapters = CHAPTERS if chapters is None else chapters
     out = Path(out) if out is not None else ROOT / "book" / "runs"
     target = out / run_slug(model)
+    stored = _read_keys(target)
+    previous = {} if force else stored
+    fingerprint = inputs_fingerprint()
     with atomic_dir(target, overwrite=True) as tmp:
-        if subset and target.is_dir():
-            # Rerunning some chapters: the earlier chapters' files stay available to them.
-            shutil.copytree(target, tmp, dirs_exist_ok=True)
         inputs = {}
         for ch in chapters:
             src = notebooks_dir / f"{ch.name}.md"
@@ -117,14 +165,37 @@ def run_chapters(model: str, *, quick: bool = False, out: Path | None = None,
         unused = set(overrides) - set().union(*declared.values()) if declared else set(overrides)
         if unused:
             raise ChapterFailed(f"no chapter takes parameter(s) {sorted(unused)}")
+        # A subset continues from the key of the chapter just before it in book order.
+        order = [c.name for c in CHAPTERS]
+        first = chapters[0].name
+        upstream = stored.get(order[order.index(first) - 1], "") if subset and first in order[1:] else ""
+        plan = []  # (chapter, parameters, key, reuse)
+        reusing = True
         for ch in chapters:
-            nb_in = inputs[ch.name]
             params = {"model_name": model, "run_dir": str(tmp), "device": device, "quick": quick}
             if quick:
                 params.update(dict(ch.quick))
             params.update({k: v for k, v in overrides.items() if k in declared[ch.name]})
             params = {k: v for k, v in params.items() if k in declared[ch.name]}
             check_parameters(ch.name, declared[ch.name], params)
+            key = chapter_key((notebooks_dir / f"{ch.name}.md").read_text(), params, fingerprint=fingerprint,
+                              upstream=upstream)
+            upstream = key
+            # Reuse only an unbroken prefix: once a chapter runs again, everything after it does too.
+            reusing = reusing and previous.get(ch.name) == key and (target / f"{ch.name}.ipynb").is_file()
+            plan.append((ch, params, key, reusing))
+        if target.is_dir() and (subset or plan[0][3]):
+            # Earlier chapters' files stay available to the chapters that run again.
+            shutil.copytree(target, tmp, dirs_exist_ok=True)
+        keys = dict(stored) if subset else {}
+        for ch, params, key, reuse in plan:
+            nb_in = inputs[ch.name]
+            if reuse:
+                print(f"emolib.book: reusing {ch.name} on {model} (inputs unchanged since its last run)",
+                      file=sys.stderr)
+                nb_in.unlink(missing_ok=True)
+                keys[ch.name] = key
+                continue
             print(f"emolib.book: running {ch.name} on {model}{' (quick)' if quick else ''}", file=sys.stderr)
             try:
                 papermill.execute_notebook(str(nb_in), str(tmp / f"{ch.name}.ipynb"), parameters=params,
@@ -133,6 +204,8 @@ def run_chapters(model: str, *, quick: bool = False, out: Path | None = None,
                 raise ChapterFailed(f"chapter {ch.name} failed on {model}: {exc.ename}: {exc.evalue}") from exc
             finally:
                 nb_in.unlink(missing_ok=True)
+            keys[ch.name] = key
+        (tmp / KEYS_FILE).write_text(json.dumps(keys, indent=1, sort_keys=True) + "\n")
     return target
 
 
@@ -185,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=None, help="runs folder (default book/runs)")
     r.add_argument("--device", default="auto")
     r.add_argument("--no-build", action="store_true")
+    r.add_argument("--force", action="store_true", help="re-execute chapters even when their inputs are unchanged")
     r.add_argument("--chapters", default=None, help="comma-separated chapter names (default: all)")
     r.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="set a chapter parameter (repeatable), e.g. --param batch_size=8")
@@ -193,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             run_chapters(args.model, quick=args.quick, out=args.out, device=args.device,
-                         chapters=select_chapters(args.chapters), overrides=parse_params(args.param))
+                         chapters=select_chapters(args.chapters), overrides=parse_params(args.param),
+                         force=args.force)
             if args.no_build:
                 return 0
         index = build_book()

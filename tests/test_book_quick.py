@@ -51,3 +51,14 @@ def test_run_folder_has_vectors_and_figures(quick_run):
     figs = {p.stem for p in (quick_run / "figures").glob("*.png")}
     assert {"residual_norms", "validation_by_layer", "heldout_by_layer", "pc_map_family", "alpha_sweep",
             "ethics_dose_response"} <= figs
+
+
+def test_rerun_with_unchanged_inputs_reuses_every_chapter(quick_run, capsys):
+    before = {p.name: p.read_bytes() for p in quick_run.glob("*.ipynb")}
+    capsys.readouterr()
+    again = run_chapters("gemma-3-270m", quick=True, out=quick_run.parent, device="cpu")
+    err = capsys.readouterr().err
+    assert again == quick_run
+    for ch in CHAPTERS:
+        assert f"reusing {ch.name}" in err, ch.name
+    assert {p.name: p.read_bytes() for p in quick_run.glob("*.ipynb")} == before

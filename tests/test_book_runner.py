@@ -65,3 +65,61 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert "unknown chapter" in capsys.readouterr().err
     assert book.main(["run", "--model", "x", "--param", "novalue", "--no-build"]) == 1
     assert book.parse_params(["a=1", "b=0.5", "c=hello", "d=True"]) == {"a": 1, "b": 0.5, "c": "hello", "d": True}
+
+
+def _executed(target):
+    return {p.name: p.read_bytes() for p in target.glob("*.ipynb")}
+
+
+def test_unchanged_chapters_are_reused_and_changed_ones_rerun(tmp_path, capsys):
+    target = run(tmp_path, overrides={"count": 5})
+    first = _executed(target)
+    assert set(book._read_keys(target)) == {"a_good", "b_reads"}
+    capsys.readouterr()
+
+    run(tmp_path, overrides={"count": 5})
+    err = capsys.readouterr().err
+    assert "reusing a_good" in err and "reusing b_reads" in err
+    assert _executed(target) == first, "reused chapters keep their executed notebooks byte for byte"
+
+    # A parameter of the second chapter only: the first is reused, the second runs again.
+    run(tmp_path, overrides={"count": 5, "fail": False, "suffix": "!"})
+    err = capsys.readouterr().err
+    assert "reusing a_good" in err and "running b_reads" in err
+    assert (target / "b.txt").read_text() == "TINY/MODEL 5 FALSE!"
+
+    # A parameter of the first chapter: both run again (the second reads what the first wrote).
+    run(tmp_path, overrides={"count": 6, "suffix": "!"})
+    err = capsys.readouterr().err
+    assert "running a_good" in err and "running b_reads" in err
+    assert (target / "b.txt").read_text() == "TINY/MODEL 6 FALSE!"
+
+    run(tmp_path, overrides={"count": 6, "suffix": "!"}, force=True)
+    assert "reusing" not in capsys.readouterr().err
+
+
+def test_edited_chapter_source_runs_again(tmp_path, capsys):
+    nbdir = tmp_path / "nb"
+    nbdir.mkdir()
+    for p in FIXTURES.glob("*.md"):
+        (nbdir / p.name).write_text(p.read_text())
+    out = tmp_path / "runs"
+    kw = dict(out=out, chapters=CHAPTERS, notebooks_dir=nbdir)
+    run_chapters("tiny/model", **kw)
+    capsys.readouterr()
+    src = nbdir / "a_good.md"
+    src.write_text(src.read_text().replace("# A chapter that writes a file", "# A chapter that writes one file"))
+    run_chapters("tiny/model", **kw)
+    err = capsys.readouterr().err
+    assert "running a_good" in err and "running b_reads" in err
+
+
+def test_keys_depend_on_everything_that_changes_outputs():
+    base = book.chapter_key("src", {"a": 1, "run_dir": "/tmp/x"}, fingerprint="f", upstream="u")
+    assert base == book.chapter_key("src", {"run_dir": "/tmp/other", "a": 1}, fingerprint="f", upstream="u")
+    for changed in (book.chapter_key("src2", {"a": 1}, fingerprint="f", upstream="u"),
+                    book.chapter_key("src", {"a": 2}, fingerprint="f", upstream="u"),
+                    book.chapter_key("src", {"a": 1}, fingerprint="g", upstream="u"),
+                    book.chapter_key("src", {"a": 1}, fingerprint="f", upstream="v")):
+        assert changed != base
+    assert len(book.inputs_fingerprint()) == 64
