@@ -3,9 +3,11 @@
     {metric}`gemma-3-270m:heldout_top1:.1%`   -> a value from book/runs/gemma-3-270m/metrics.json
     {datastat}`stories.n`                      -> a value from emolib.data.corpus_stats()
 
-Keys may be dotted paths (``intensity_spearman.int-01:afraid.rho``; list items by index). The
-optional last part is a Python format spec. A missing run or key is a build warning, which the
-book's ``-W`` build turns into an error: prose can never show a number the code did not measure.
+Keys may be dotted paths (``intensity_spearman.int-01:afraid.rho``; list items by index; a key
+that itself contains dots, like ``unethical_rate.calm@+0.100.rate``, is matched whole). The optional
+last part is a Python format spec, or ``ntrue`` (how many values of a mapping are true) or ``len``.
+A missing run or key is a build warning, which the book's ``-W`` build turns into an error: prose
+can never show a number the code did not measure.
 """
 
 from __future__ import annotations
@@ -32,18 +34,27 @@ def _corpus_stats() -> dict:
 
 
 def _lookup(obj, path: str):
-    for part in path.split("."):
+    parts = path.split(".")
+    while parts:
         if isinstance(obj, list):
-            obj = obj[int(part)]
-        elif isinstance(obj, dict) and part in obj:
-            obj = obj[part]
+            obj, parts = obj[int(parts[0])], parts[1:]
+            continue
+        # the longest run of parts that is a key wins, so keys containing dots are found whole
+        for n in range(len(parts), 0, -1):
+            key = ".".join(parts[:n])
+            if isinstance(obj, dict) and key in obj:
+                obj, parts = obj[key], parts[n:]
+                break
         else:
-            # keys that themselves contain dots are tried whole by the caller
-            raise KeyError(part)
+            raise KeyError(parts[0])
     return obj
 
 
 def _format(value, spec: str) -> str:
+    if spec == "ntrue":
+        return str(sum(bool(v) for v in (value.values() if isinstance(value, dict) else value)))
+    if spec == "len":
+        return str(len(value))
     if isinstance(value, list) and len(value) == 2 and spec:
         return f"[{format(value[0], spec)}, {format(value[1], spec)}]"
     return format(value, spec) if spec else str(value)
