@@ -214,9 +214,9 @@ def alpha_sweep(grid: pd.DataFrame, *, usable: float | None = None, title: str =
     base = grid[grid.alpha == 0]
     for emo, g in grid[grid.alpha != 0].groupby("emotion"):
         med = pd.concat([base, g]).groupby("alpha")[["perplexity", "repetition"]].median()
-        style = dict(ls="--", color="k") if emo == "random" else {}
-        axes[0].plot(med.index, med.perplexity, "o-", label=emo, markersize=3, **style)
-        axes[1].plot(med.index, med.repetition, "o-", label=emo, markersize=3, **style)
+        style = dict(ls="--", color="k") if emo == "random" else dict(ls="-")
+        axes[0].plot(med.index, med.perplexity, marker="o", label=emo, markersize=3, **style)
+        axes[1].plot(med.index, med.repetition, marker="o", label=emo, markersize=3, **style)
     axes[0].set_yscale("log")
     axes[0].set_ylabel("perplexity under the unsteered model")
     axes[1].set_ylabel("repeated 3-grams (fraction)")
@@ -256,11 +256,11 @@ def dose_response(table: pd.DataFrame, *, title: str = ""):
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows), squeeze=False, sharey=True)
     rand = table[table.emotion.str.startswith("random")]
     for ax, e in zip(axes.flat, emotions):
-        for name, g, style in [(e, table[table.emotion == e], dict(color="C0")),
+        for name, g, style in [(e, table[table.emotion == e], dict(color="C0", ls="-")),
                                ("random", rand.groupby("alpha", as_index=False).mean(numeric_only=True),
                                 dict(color="grey", ls="--"))]:
             g = pd.concat([g, pd.DataFrame([base])]).sort_values("alpha")
-            ax.plot(g.alpha, g.rate, "o-", label=name, markersize=3, **style)
+            ax.plot(g.alpha, g.rate, marker="o", label=name, markersize=3, **style)
             ax.fill_between(g.alpha, g.ci_lo, g.ci_hi, alpha=0.15, color=style["color"])
         ax.set_title(e, fontsize=9)
         ax.set_xlabel("alpha", fontsize=8)
