@@ -54,3 +54,22 @@ def test_installed_versions_match_pins():
     for name in ("torch", "transformer-lens", "transformers", "jupyter-book", "papermill"):
         installed = version(name).split("+")[0]
         assert installed == _pins_pyproject()[name], name
+
+
+def test_committed_runs_are_complete():
+    """What a fresh clone needs to rebuild the book and to rerun any chapter from the committed runs:
+    every run's metrics, executed notebooks and emotion vectors (both halves) are tracked in git."""
+    import subprocess
+
+    tracked = set(subprocess.run(["git", "ls-files", "book/runs"], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.split())
+    runs = {p.split("/")[2] for p in tracked}
+    assert {"gemma-3-270m", "smollm2-135m-instruct"} <= runs
+    for run in runs:
+        for name in ("metrics.json", "vectors.json", "vectors.safetensors", "01_capture.ipynb"):
+            assert f"book/runs/{run}/{name}" in tracked, f"{run}: {name} is not committed"
+    toc = (ROOT / "_toc.yml").read_text()
+    for line in toc.splitlines():
+        if "file: book/runs/" in line:
+            path = line.split("file:")[1].strip() + ".ipynb"
+            assert path in tracked, f"_toc.yml lists {path}, which is not committed"
