@@ -20,10 +20,11 @@ import time
 import torch
 
 from emolib.book import ROOT, run_slug
-from emolib.capture import mean_resid_norms
 from emolib.chat import encode_chat
+from emolib.experiments import layer_norms
 from emolib.hooks import count_live_hooks
 from emolib.models import load_model
+from emolib.runs import read_json
 from emolib.steering import random_direction, steer
 from emolib.vectors import EmotionVectors
 
@@ -38,15 +39,13 @@ PROMPTS = (
 def steering_context(model, args):
     run = ROOT / "book" / "runs" / run_slug(args.model)
     if (run / "vectors.safetensors").is_file() and (run / "steering.json").is_file():
-        import json
-
-        info = json.loads((run / "steering.json").read_text())
+        info = read_json(run / "steering.json")
         vectors = EmotionVectors.load(run / "vectors", model=model)
         layer, norms = info["layer"], {info["layer"]: info["norm"]}
         return (lambda: steer(model, vectors, emotions=args.emotion, layers=[layer], alpha=args.alpha, norms=norms),
                 f"'{args.emotion}' vector at layer {layer} (from {run.relative_to(ROOT)})")
     layer = model.cfg.n_layers // 2
-    norms = {layer: float(mean_resid_norms(model, ["The weather was mild and the streets were quiet."])[layer])}
+    norms = layer_norms(model, layer)
     direction = random_direction(model.cfg.d_model, seed=0)
     return (lambda: steer(model, direction=direction, layers=[layer], alpha=args.alpha, norms=norms),
             f"random direction at layer {layer} (no committed run for this model)")
