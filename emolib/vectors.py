@@ -144,3 +144,9 @@ class EmotionVectors:
         if model is not None:
             vec.check_model(model)
         return vec
+
+
+if __name__ == "__main__":
+    from emolib.export import main
+
+    raise SystemExit(main())
