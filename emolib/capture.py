@@ -14,6 +14,8 @@ Batches are padded on the right with an attention mask, so real tokens never see
 forward pass stops after the deepest requested layer: no later block and no unembedding runs.
 Pooled results are cached on disk, keyed by the model's weights, the texts and the settings;
 chunks are written atomically as they finish, so an interrupted run resumes where it stopped.
+Every cache file carries a sha256 of its contents, checked on each load: a damaged chunk is
+recomputed, a damaged final file is a :class:`CaptureCacheError` naming the folder to delete.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ __all__ = ["POOLINGS", "DEFAULT_START", "CaptureResult", "CaptureCacheError", "c
 
 POOLINGS = ("mean", "last", "all")
 DEFAULT_START = 10
-CAPTURE_VERSION = 1
+CAPTURE_VERSION = 2  # 2: every file carries a sha256 of its contents
 
 
 class CaptureCacheError(RuntimeError):
@@ -176,17 +178,37 @@ def _cache_dir(model, token_ids, layers, pooling, start) -> Path:
     return cache_root() / "activations" / h.hexdigest()[:24]
 
 
-def _load_checked(path: Path, n: int, n_layers: int, d_model: int) -> tuple[torch.Tensor, dict]:
+class _Damaged(Exception):
+    """A cache file failed its checks; the message says how (the caller decides the remedy)."""
+
+
+def _digest(t: torch.Tensor, meta: dict[str, str]) -> str:
+    """sha256 over the tensor's dtype, shape and bytes and the file's other metadata."""
+    h = hashlib.sha256(json.dumps({"dtype": str(t.dtype), "shape": list(t.shape), "meta": meta},
+                                  sort_keys=True).encode())
+    h.update(t.contiguous().numpy().data)
+    return h.hexdigest()
+
+
+def _encode(t: torch.Tensor, meta: dict[str, str]) -> bytes:
+    """A cache file: ``activations`` plus metadata, sealed with ``_digest`` so that any garbled byte
+    (tensor data included, which safetensors itself never checks) is caught on load."""
+    t = t.contiguous()
+    return save({"activations": t}, metadata={**meta, "sha256": _digest(t, meta)})
+
+
+def _load_checked(path: Path, n: int, n_layers: int, d_model: int) -> tuple[torch.Tensor, dict[str, str]]:
     try:
         t = load_file(str(path))["activations"]
         with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
+            meta = dict(fh.metadata() or {})
     except (SafetensorError, KeyError, OSError, ValueError) as exc:
-        raise CaptureCacheError(f"cached activations {path} are unreadable ({exc}); delete {path.parent} "
-                                f"to recompute them") from exc
-    if tuple(t.shape) != (n, n_layers, d_model):
-        raise CaptureCacheError(f"cached activations {path} have shape {tuple(t.shape)}, expected "
-                                f"{(n, n_layers, d_model)}; delete {path.parent} to recompute them")
+        raise _Damaged(f"are unreadable ({exc})") from exc
+    if tuple(t.shape) != (n, n_layers, d_model) or t.dtype != torch.float32:
+        raise _Damaged(f"have shape {tuple(t.shape)} {t.dtype}, expected {(n, n_layers, d_model)} float32")
+    recorded = meta.pop("sha256", None)
+    if recorded != _digest(t, meta):
+        raise _Damaged("do not match their recorded sha256 (corrupted on disk)")
     return t, meta
 
 
@@ -208,28 +230,43 @@ def capture(model, texts: list[str], *, layers: list[int] | tuple[int, ...] | No
     directory = _cache_dir(model, token_ids, layers, pooling, start)
     final = directory / "activations.safetensors"
     if final.exists():
-        acts, meta = _load_checked(final, n, len(layers), d)
+        try:
+            acts, meta = _load_checked(final, n, len(layers), d)
+        except _Damaged as exc:
+            # The final file is only ever written from verified parts, so damage to it happened on disk
+            # later: stop and say so rather than quietly recompute over a failing disk.
+            raise CaptureCacheError(f"cached activations {final} {exc}; delete {directory} to recompute "
+                                    "them") from None
         # The throughput measured when the cache was written, so reports stay meaningful.
         return CaptureResult(acts, layers, int(meta.get("n_tokens", sum(map(len, token_ids)))),
                              float(meta.get("seconds", 0.0)), True)
-    chunks = [order[i: i + chunk_size] for i in range(0, n, chunk_size)]
+    # A chunk's name gives the rows (in length order) it holds, so a resume with another chunk_size
+    # can never pick up a chunk of the same shape holding other rows.
+    chunks = [(f"chunk-{i:06d}-{min(i + chunk_size, n):06d}", order[i: i + chunk_size])
+              for i in range(0, n, chunk_size)]
     parts: list[torch.Tensor] = []
     n_tok, seconds = 0, 0.0
     bar = _bar(len(chunks) * -(-chunk_size // batch_size), show, "capture")
-    for ci, chunk in enumerate(chunks):
-        path = directory / f"chunk-{ci:05d}.safetensors"
+    for name, chunk in chunks:
+        path = directory / f"{name}.safetensors"
         if path.exists():
-            part, meta = _load_checked(path, len(chunk), len(layers), d)
-            n_tok += int(meta.get("n_tokens", 0))
-            seconds += float(meta.get("seconds", 0.0))
-            parts.append(part)
-            bar.update(-(-len(chunk) // batch_size))
-            continue
+            try:
+                part, meta = _load_checked(path, len(chunk), len(layers), d)
+            except _Damaged as exc:
+                # A chunk is a resumable partial result: recomputing it is cheap and always right.
+                print(f"emolib: cached chunk {path} {exc}; recomputing it", file=sys.stderr)
+                path.unlink(missing_ok=True)
+            else:
+                n_tok += int(meta.get("n_tokens", 0))
+                seconds += float(meta.get("seconds", 0.0))
+                parts.append(part)
+                bar.update(-(-len(chunk) // batch_size))
+                continue
         res = _run(model, token_ids, chunk, layers, pooling, start, batch_size, False, None, bar=bar)
         n_tok += res.n_tokens
         seconds += res.seconds
-        atomic_write_bytes(path, save({"activations": res.activations.contiguous()},
-                                      metadata={"n_tokens": str(res.n_tokens), "seconds": repr(res.seconds)}))
+        atomic_write_bytes(path, _encode(res.activations, {"n_tokens": str(res.n_tokens),
+                                                           "seconds": repr(res.seconds)}))
         parts.append(res.activations)
     bar.close()
     pooled = torch.cat(parts)                 # rows in `order`
@@ -237,7 +274,7 @@ def capture(model, texts: list[str], *, layers: list[int] | tuple[int, ...] | No
     acts[torch.tensor(order)] = pooled
     meta = {"layers": json.dumps(layers), "pooling": pooling, "start": str(start), "n_texts": str(n),
             "n_tokens": str(n_tok), "seconds": repr(seconds)}
-    atomic_write_bytes(final, save({"activations": acts.contiguous()}, metadata=meta))
+    atomic_write_bytes(final, _encode(acts, meta))
     for p in directory.glob("chunk-*.safetensors"):
         p.unlink()
     return CaptureResult(acts, layers, n_tok, seconds, False)

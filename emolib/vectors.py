@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,13 +15,18 @@ from safetensors.torch import save as st_save
 
 from emolib._io import atomic_write_bytes, atomic_write_json
 
-__all__ = ["EmotionVectors", "VectorFileError", "library_versions"]
+__all__ = ["EmotionVectors", "VectorFileError", "VectorFileExistsError", "library_versions"]
 
-FORMAT = 1
+# Format 2 adds ``content_sha256`` (tensors and labels together); format 1 files are still read.
+FORMAT = 2
 
 
 class VectorFileError(ValueError):
     """A vector file is missing, corrupted, or belongs to another model."""
+
+
+class VectorFileExistsError(VectorFileError):
+    """``save`` would replace different vectors already at that path."""
 
 
 def library_versions() -> dict[str, str]:
@@ -108,42 +114,127 @@ class EmotionVectors:
             raise VectorFileError(f"these vectors use layer {max(self.layers)}; the model has {model.cfg.n_layers} layers")
 
     # --- persistence ------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write ``path.safetensors`` (tensors) and ``path.json`` (metadata with the tensor file's hash)."""
-        base = Path(path).with_suffix("")
-        blob = st_save({"vectors": self.vectors.float().contiguous(), "center": self.center.float().contiguous()})
-        meta = {"format": FORMAT, "emotions": self.emotions, "layers": self.layers, "d_model": self.d_model,
+    def _labels(self) -> dict:
+        return {"emotions": list(self.emotions), "layers": list(self.layers), "d_model": self.d_model,
                 "model": self.model, "method": self.method, "denoise": self.denoise, "data_hash": self.data_hash,
-                "versions": self.versions, "extra": self.extra,
-                "tensors_sha256": hashlib.sha256(blob).hexdigest()}
-        atomic_write_bytes(base.with_suffix(".safetensors"), blob)
-        atomic_write_json(base.with_suffix(".json"), meta)
+                "extra": self.extra}
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write ``<path>.safetensors`` (tensors) and ``<path>.json`` (labels, provenance and hashes).
+
+        ``path`` may end in ``.json`` or ``.safetensors``; any other suffix is part of the name. An
+        existing artifact at ``path`` holding different vectors is replaced only with ``overwrite``.
+        Returns the path without extension (what :meth:`load` takes).
+        """
+        base, jpath, tpath = _paths(path)
+        blob = st_save({"vectors": self.vectors.float().contiguous(), "center": self.center.float().contiguous()})
+        tensors_sha = hashlib.sha256(blob).hexdigest()
+        # Normalise through JSON so the hash matches what load() will read back (tuples, int keys).
+        labels = json.loads(json.dumps(self._labels()))
+        content = _content_sha256(tensors_sha, labels)
+        if not overwrite and (jpath.exists() or tpath.exists()):
+            try:
+                existing = _read(jpath, tpath, warn=False)[1]
+            except VectorFileError as exc:
+                raise VectorFileExistsError(f"{base} already exists and is unreadable ({exc}); pass overwrite=True "
+                                            "to replace it") from None
+            if existing != content:
+                raise VectorFileExistsError(f"{base} already holds different vectors; pass overwrite=True to "
+                                            "replace them, or save under another name")
+        meta = {"format": FORMAT, **labels, "versions": self.versions, "tensors_sha256": tensors_sha,
+                "content_sha256": content}
+        atomic_write_bytes(tpath, blob)
+        atomic_write_json(jpath, meta)
         return base
 
     @classmethod
     def load(cls, path: str | Path, *, model=None) -> "EmotionVectors":
-        base = Path(path).with_suffix("")
-        jpath, tpath = base.with_suffix(".json"), base.with_suffix(".safetensors")
-        for p in (jpath, tpath):
-            if not p.is_file():
-                raise VectorFileError(f"{p} does not exist; run the extraction chapter (or save vectors) first")
-        try:
-            meta = json.loads(jpath.read_text())
-        except ValueError as exc:
-            raise VectorFileError(f"{jpath} is not valid JSON ({exc})") from exc
-        blob = tpath.read_bytes()
-        if meta.get("format") != FORMAT or hashlib.sha256(blob).hexdigest() != meta.get("tensors_sha256"):
-            raise VectorFileError(f"{tpath} does not match {jpath.name} (corrupted or from another save); "
-                                  "re-run the extraction")
-        try:
-            tensors = st_load(blob)
-        except SafetensorError as exc:
-            raise VectorFileError(f"{tpath} is unreadable ({exc})") from exc
-        vec = cls(meta["emotions"], meta["layers"], tensors["vectors"], tensors["center"], meta["model"],
-                  meta["method"], meta["denoise"], meta["data_hash"], meta["versions"], meta["extra"])
+        """Read vectors written by :meth:`save` (``path`` with or without ``.json``/``.safetensors``)."""
+        _, jpath, tpath = _paths(path)
+        vec = _read(jpath, tpath, warn=True)[0]
         if model is not None:
             vec.check_model(model)
         return vec
+
+
+def _paths(path: str | Path) -> tuple[Path, Path, Path]:
+    """``(base, base.json, base.safetensors)``; only our own extensions are stripped, so that
+    ``vectors.layer3`` and ``vectors.layer12`` stay two artifacts."""
+    p = Path(path)
+    base = p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
+    return base, base.with_name(base.name + ".json"), base.with_name(base.name + ".safetensors")
+
+
+def _content_sha256(tensors_sha256: str, labels: dict) -> str:
+    canonical = json.dumps(labels, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(f"{tensors_sha256}\n{canonical}".encode()).hexdigest()
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+# Label keys, the check each value must pass, and what it should be (for the error message).
+_KEYS: dict[str, tuple] = {
+    "emotions": (lambda v: isinstance(v, list) and all(isinstance(e, str) for e in v), "a list of strings"),
+    "layers": (lambda v: isinstance(v, list) and all(_is_int(x) for x in v), "a list of ints"),
+    "d_model": (_is_int, "an int"),
+    "model": (lambda v: isinstance(v, str), "a string"),
+    "method": (lambda v: isinstance(v, str), "a string"),
+    "denoise": (lambda v: isinstance(v, dict), "an object"),
+    "data_hash": (lambda v: isinstance(v, str), "a string"),
+    "extra": (lambda v: isinstance(v, dict), "an object"),
+    "versions": (lambda v: isinstance(v, dict), "an object"),
+    "tensors_sha256": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _read(jpath: Path, tpath: Path, *, warn: bool) -> tuple[EmotionVectors, str]:
+    """Load and verify one artifact; return it with its content hash (tensors and labels)."""
+    for p in (jpath, tpath):
+        if not p.is_file():
+            raise VectorFileError(f"{p} does not exist; run the extraction chapter (or save vectors) first")
+    try:
+        meta = json.loads(jpath.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise VectorFileError(f"{jpath} is not valid JSON ({exc}); re-run the extraction chapter") from exc
+    if not isinstance(meta, dict):
+        raise VectorFileError(f"{jpath} is not a JSON object; re-run the extraction chapter")
+    fmt = meta.get("format")
+    if fmt not in (1, FORMAT):
+        raise VectorFileError(f"{jpath} has format {fmt!r}; this emolib reads formats 1 and {FORMAT}: re-run the "
+                              "extraction chapter")
+    keys = dict(_KEYS, content_sha256=(lambda v: isinstance(v, str), "a string")) if fmt == FORMAT else _KEYS
+    for key, (ok, what) in keys.items():
+        if key not in meta:
+            raise VectorFileError(f"{jpath} has no {key!r}; re-run the extraction chapter")
+        if not ok(meta[key]):
+            raise VectorFileError(f"{jpath}: {key!r} must be {what}; re-run the extraction chapter")
+    blob = tpath.read_bytes()
+    tensors_sha = hashlib.sha256(blob).hexdigest()
+    if tensors_sha != meta["tensors_sha256"]:
+        raise VectorFileError(f"{tpath} does not match {jpath.name} (corrupted or from another save); "
+                              "re-run the extraction chapter")
+    labels = {key: meta[key] for key in ("emotions", "layers", "d_model", "model", "method", "denoise",
+                                          "data_hash", "extra")}
+    content = _content_sha256(tensors_sha, labels)
+    if fmt == FORMAT and content != meta["content_sha256"]:
+        raise VectorFileError(f"the labels in {jpath} do not match their recorded hash (edited or corrupted); "
+                              "re-run the extraction chapter")
+    if fmt == 1 and warn:
+        warnings.warn(f"{jpath} is format 1: its labels (emotions, layers) are not covered by a hash; re-run the "
+                      "extraction chapter to rewrite it as format 2", UserWarning, stacklevel=3)
+    try:
+        tensors = st_load(blob)
+        vec = EmotionVectors(meta["emotions"], meta["layers"], tensors["vectors"], tensors["center"], meta["model"],
+                             meta["method"], meta["denoise"], meta["data_hash"], meta["versions"], meta["extra"])
+    except (SafetensorError, KeyError, ValueError) as exc:
+        raise VectorFileError(f"{tpath} does not hold the vectors {jpath.name} describes ({exc}); re-run the "
+                              "extraction chapter") from exc
+    if vec.d_model != meta["d_model"]:
+        raise VectorFileError(f"{jpath} says d_model {meta['d_model']} but {tpath.name} has {vec.d_model}; "
+                              "re-run the extraction chapter")
+    return vec, content
 
 
 if __name__ == "__main__":

@@ -69,15 +69,23 @@ def test_cache_hit_resume_and_corruption(tiny_model, tmp_path, monkeypatch):
     again = capture(tiny_model, TEXTS, layers=[0, 1], chunk_size=2, batch_size=2)
     assert again.from_cache
     torch.testing.assert_close(first.activations, again.activations)
-    # An interrupted run: keep one finished chunk, drop the final file; the rerun resumes.
+    # An interrupted run: the first chunk (one batch) finishes, the second batch is interrupted.
     final = next((tmp_path / "cache" / "activations").glob("*/activations.safetensors"))
     directory = final.parent
     final.unlink()
-    from safetensors.torch import save_file
-    order = sorted(range(len(TEXTS)), key=lambda i: len(tokenize(tiny_model, [TEXTS[i]])[0]))
-    save_file({"activations": first.activations[order[:2]].contiguous()}, str(directory / "chunk-00000.safetensors"))
-    calls = []
     real = cap._forward_batch
+    done = []
+
+    def interrupted(*a, **k):
+        if done:
+            raise KeyboardInterrupt
+        done.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(cap, "_forward_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        capture(tiny_model, TEXTS, layers=[0, 1], chunk_size=2, batch_size=2)
+    assert [p.name for p in directory.iterdir()] == ["chunk-000000-000002.safetensors"]
+    calls = []
     monkeypatch.setattr(cap, "_forward_batch", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     resumed = capture(tiny_model, TEXTS, layers=[0, 1], chunk_size=2, batch_size=2)
     monkeypatch.setattr(cap, "_forward_batch", real)
