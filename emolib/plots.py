@@ -1,29 +1,70 @@
-"""Figures for the chapters: each function draws one figure and returns it (the notebook shows it)."""
+"""Figures for the chapters: each function draws one figure and returns it; :func:`show` saves it
+under the run folder and puts it in the notebook's output."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
 
+# A non-interactive backend: chapters run headless (papermill, CI). Figures reach the notebook
+# through show(), which renders the PNG itself, so nothing depends on the inline backend.
 matplotlib.use("Agg")
 import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-__all__ = ["savefig", "residual_norms", "accuracy_by_layer", "denoise_curve", "intensity_curves"]
+__all__ = ["show", "savefig", "png_bytes", "residual_norms", "accuracy_by_layer", "denoise_curve",
+           "intensity_curves", "similarity_heatmap", "family_heatmap", "pc_map", "rsa_matrix", "baseline_bars",
+           "alpha_sweep", "projection_sweep", "dose_response", "elo_bars", "scatter_r", "token_heatmap"]
 
 plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 130, "font.size": 10, "axes.spines.top": False,
                      "axes.spines.right": False})
 
 
-def savefig(fig, run_dir: str | Path | None, name: str):
-    """Save ``fig`` as ``run_dir/figures/name.png`` (when a run folder is given) and return it."""
+def png_bytes(fig) -> bytes:
+    """The figure as PNG bytes (the same bytes are saved and shown)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def show(fig, run_dir: str | Path | None, name: str) -> None:
+    """Save ``fig`` as ``run_dir/figures/name.png`` (when a run folder is given), show that image in
+    the notebook's output (an ``image/png`` output, so the rendered book has it), and close ``fig``.
+
+    Returns None on purpose: a figure left as a cell's last value would be shown a second time.
+    """
+    data = png_bytes(fig)
+    plt.close(fig)
     if run_dir is not None:
-        out = Path(run_dir) / "figures"
-        out.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out / f"{name}.png", bbox_inches="tight")
+        from emolib._io import atomic_write_bytes
+
+        atomic_write_bytes(Path(run_dir) / "figures" / f"{name}.png", data)
+    if _in_notebook():
+        from IPython.display import Image, display
+
+        display(Image(data=data, format="png"))
+
+
+def savefig(fig, run_dir: str | Path | None, name: str):
+    """Save ``fig`` as ``run_dir/figures/name.png`` (when a run folder is given) and return it, without
+    showing it (for scripts; chapters use :func:`show`)."""
+    if run_dir is not None:
+        from emolib._io import atomic_write_bytes
+
+        atomic_write_bytes(Path(run_dir) / "figures" / f"{name}.png", png_bytes(fig))
     return fig
 
 

@@ -1,0 +1,65 @@
+"""The executed runs a reader sees: every chapter shows the figures its source draws, and no
+temporary folder of the run that made it leaks into the published notebooks."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from emolib.book import CHAPTERS
+
+RUNS = sorted(p for p in (ROOT / "book" / "runs").iterdir() if p.is_dir() and not p.name.endswith("-quick"))
+TMP_RUN = re.compile(r"\.[\w.-]+\.tmp\b|/tmp/|\bold-\d+\b")
+
+
+def expected_figures(chapter: str) -> int:
+    """The figures a chapter's source shows: one per ``plots.show(`` call (loops show more)."""
+    return (ROOT / "notebooks" / f"{chapter}.md").read_text().count("plots.show(")
+
+
+def image_outputs(notebook: Path) -> int:
+    nb = json.loads(notebook.read_text())
+    return sum("image/png" in out.get("data", {}) for cell in nb["cells"] for out in cell.get("outputs", []))
+
+
+def check_run_figures(run: Path) -> None:
+    """Every chapter notebook of ``run`` holds at least the figures its source shows (and at least one)."""
+    for ch in CHAPTERS:
+        want = max(1, expected_figures(ch.name))
+        got = image_outputs(run / f"{ch.name}.ipynb")
+        assert got >= want, f"{run.name}/{ch.name}: {got} figures in the executed notebook, its source shows {want}"
+
+
+def check_no_temporary_paths(run: Path) -> None:
+    for nb in sorted(run.glob("*.ipynb")):
+        hits = TMP_RUN.findall(nb.read_text())
+        assert not hits, f"{nb.relative_to(ROOT)} mentions temporary run folders: {hits[:3]}"
+
+
+def test_every_chapter_source_shows_figures():
+    for ch in CHAPTERS:
+        assert expected_figures(ch.name) >= 1, ch.name
+
+
+def test_the_check_fails_on_a_run_without_figures(tmp_path):
+    for ch in CHAPTERS:
+        (tmp_path / f"{ch.name}.ipynb").write_text(json.dumps({"cells": [{"outputs": [
+            {"output_type": "execute_result", "data": {"text/plain": "<Figure size 640x480 with 1 Axes>"}}]}]}))
+    with pytest.raises(AssertionError, match="0 figures"):
+        check_run_figures(tmp_path)
+
+
+@pytest.mark.parametrize("run", RUNS, ids=[r.name for r in RUNS])
+@pytest.mark.xfail(strict=True, reason="the committed runs were executed before figures reached the notebook "
+                                       "outputs (issue 11); re-running both models turns this into a pass")
+def test_committed_runs_show_their_figures(run):
+    check_run_figures(run)
+
+
+@pytest.mark.parametrize("run", RUNS, ids=[r.name for r in RUNS])
+def test_committed_runs_hold_no_temporary_paths(run):
+    check_no_temporary_paths(run)
