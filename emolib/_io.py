@@ -1,23 +1,42 @@
-"""Atomic writes: a reader never sees a half-written file or directory."""
+"""Atomic writes: a reader never sees a half-written file or directory.
+
+Files and directories get ordinary permissions (``0o666`` and ``0o777`` less the umask), as
+``open`` and ``mkdir`` would give them: :mod:`tempfile` creates private 0600/0700 entries, which
+would make published runs unreadable to the other users of a shared machine.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_dir"]
+
+_ATTEMPTS = 100
+
+
+def _create_sibling(path: Path, create: Callable[[Path], object]) -> tuple[Path, object]:
+    """Create a fresh hidden sibling of ``path`` with ``create``, retrying on a name collision."""
+    for _ in range(_ATTEMPTS):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return tmp, create(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary sibling of {path} in {_ATTEMPTS} attempts")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    tmp, fd = _create_sibling(path, lambda p: os.open(p, flags, 0o666))
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -47,7 +66,7 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp, _ = _create_sibling(path, lambda p: p.mkdir(0o777))
     try:
         yield tmp
         if path.exists():

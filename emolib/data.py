@@ -3,14 +3,15 @@
 All sets are JSON Lines, one record a line. Loading validates every record against its schema and
 raises :class:`DataError` naming the file, line and field of the first malformed entry; nothing
 is returned half-loaded. ``python -m emolib.data stats --json`` prints counts, lengths and the
-number of violations of each corpus quality check; ``python -m emolib.data check`` exits 1 when
-any check fails.
+number of violations of each corpus quality check; ``python -m emolib.data check`` lists them as
+``file:line: check: problem`` and exits 1 when any check fails; :func:`check_data` raises instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import hashlib
 import json
 import re
@@ -18,7 +19,7 @@ import statistics
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 __all__ = [
     "DATA_DIR", "TOPICS", "SPLITS", "STORY_WORDS", "MIN_TRAIN", "MIN_HELDOUT",
@@ -26,7 +27,8 @@ __all__ = [
     "IntensityTemplate", "ControlQuestion", "Corpus",
     "load_emotions", "load_stories", "load_neutral", "load_activities", "load_pressure",
     "load_conversations", "load_intensity", "load_control_questions", "load_corpus",
-    "emotion_list", "word_count", "contains_phrase", "quality_report", "corpus_stats", "texts_hash", "main",
+    "emotion_list", "word_count", "contains_phrase", "quality_report", "check_data", "corpus_stats", "texts_hash",
+    "main",
 ]
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -191,6 +193,31 @@ SCHEMAS: dict[type, dict[str, Callable]] = {
     ControlQuestion: {"id": _str(), "question": _str(), "correct": _str(), "wrong": _str()},
 }
 _OPTIONAL = {Neutral: {"text", "messages"}}
+# Each loaded record remembers (file, line) in this instance attribute: not a dataclass field, so
+# equality, hashing and repr stay as they were.
+_SOURCE = "_emolib_source"
+
+
+def _source(record: object) -> tuple[Path | None, int | None]:
+    """The (file, physical line) a loaded record came from; (None, None) for one built in code."""
+    return getattr(record, _SOURCE, (None, None))
+
+
+def _read_text(path: Path) -> str:
+    """The text of ``path``; a missing, unreadable or non-UTF-8 file is a :class:`DataError`."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(path, None, None, "file does not exist") from None
+    except OSError as exc:
+        raise DataError(path, None, None, f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - raw.rfind(b"\n", 0, exc.start)
+        raise DataError(path, line, None, f"not UTF-8 (byte 0x{raw[exc.start]:02x} at byte column {column}); "
+                        f"save the file as UTF-8") from None
 
 
 def _load(path: Path, cls: type) -> list:
@@ -201,7 +228,9 @@ def _load(path: Path, cls: type) -> list:
     optional = _OPTIONAL.get(cls, set())
     names = [f.name for f in fields(cls)]
     records, seen = [], {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other characters that
+    # splitlines() treats as line ends, which would cut a record and shift every later line number.
+    for lineno, line in enumerate(_read_text(path).split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -228,15 +257,23 @@ def _load(path: Path, cls: type) -> list:
             raise DataError(path, lineno, "id" if "id" in raw else "emotion", f"duplicate {key!r} (first on line {seen[key]})")
         seen[key] = lineno
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-        records.append(cls(**values))
+        record = cls(**values)
+        object.__setattr__(record, _SOURCE, (path, lineno))  # frozen: set past the dataclass guard
+        records.append(record)
     if not records:
         raise DataError(path, None, None, "no records")
     return records
 
 
+def _require_dir(data_dir: Path) -> None:
+    if not data_dir.is_dir():
+        raise DataError(data_dir, None, None, "data folder does not exist; pass the repository's data/ folder")
+
+
 def emotion_list(data_dir: Path = DATA_DIR) -> list[str]:
     """The 171 emotion concepts of the reference study, in its order."""
-    return [w.strip() for w in (data_dir / "emotions_171.txt").read_text().splitlines() if w.strip()]
+    _require_dir(data_dir)
+    return [w.strip() for w in _read_text(data_dir / "emotions_171.txt").splitlines() if w.strip()]
 
 
 def load_emotions(data_dir: Path = DATA_DIR) -> dict[str, Emotion]:
@@ -244,7 +281,8 @@ def load_emotions(data_dir: Path = DATA_DIR) -> dict[str, Emotion]:
     known = emotion_list(data_dir)
     found: dict[str, Emotion] = {}
     for path in sorted((data_dir / "emotions").glob("*.jsonl")):
-        for lineno, rec in enumerate(_load(path, Emotion), 1):
+        for rec in _load(path, Emotion):
+            lineno = _source(rec)[1]
             if rec.emotion not in known:
                 raise DataError(path, lineno, "emotion", f"{rec.emotion!r} is not in emotions_171.txt")
             if rec.family != path.stem:
@@ -268,7 +306,8 @@ def load_stories(data_dir: Path = DATA_DIR, *, split: str | None = None) -> list
     out: list[Story] = []
     ids: dict[str, Path] = {}
     for path in sorted((data_dir / "stories").glob("*.jsonl")):
-        for lineno, s in enumerate(_load(path, Story), 1):
+        for s in _load(path, Story):
+            lineno = _source(s)[1]
             if s.emotion not in known:
                 raise DataError(path, lineno, "emotion", f"{s.emotion!r} is not in emotions_171.txt")
             if s.id in ids:
@@ -299,10 +338,10 @@ def load_conversations(data_dir: Path = DATA_DIR) -> list[Conversation]:
 def load_intensity(data_dir: Path = DATA_DIR) -> list[IntensityTemplate]:
     known = set(emotion_list(data_dir))
     recs = _load(data_dir / "intensity.jsonl", IntensityTemplate)
-    for lineno, r in enumerate(recs, 1):
+    for r in recs:
         for e in (r.target, *r.contrast):
             if e not in known:
-                raise DataError(data_dir / "intensity.jsonl", lineno, "target/contrast", f"{e!r} is not an emotion of the study")
+                raise DataError(*_source(r), "target/contrast", f"{e!r} is not an emotion of the study")
     return recs
 
 
@@ -323,6 +362,8 @@ class Corpus:
 
 
 def load_corpus(data_dir: Path = DATA_DIR) -> Corpus:
+    data_dir = Path(data_dir)
+    _require_dir(data_dir)
     return Corpus(load_emotions(data_dir), load_stories(data_dir), load_neutral(data_dir),
                   load_activities(data_dir), load_pressure(data_dir), load_conversations(data_dir),
                   load_intensity(data_dir), load_control_questions(data_dir))
@@ -336,7 +377,13 @@ def word_count(text: str) -> int:
 
 def contains_phrase(text: str, phrase: str) -> bool:
     """Whole-word, case-insensitive match (hyphens and spaces inside ``phrase`` match literally)."""
-    return re.search(r"(?<![\w-])" + re.escape(phrase.lower()) + r"(?![\w-])", text.lower()) is not None
+    return _phrase_pattern(phrase.lower()).search(text.lower()) is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _phrase_pattern(phrase: str) -> re.Pattern:
+    # The corpus has more banned phrases than re's own cache holds, so it would recompile them all.
+    return re.compile(r"(?<![\w-])" + re.escape(phrase) + r"(?![\w-])")
 
 
 def _normalise(text: str) -> str:
@@ -372,56 +419,94 @@ def near_duplicates(items: list[tuple[str, str]], *, threshold: float = 0.3) -> 
     return sorted(out)
 
 
-def quality_report(corpus: Corpus) -> dict[str, list[str]]:
-    """Every violation of every quality check, by check name (empty lists when clean)."""
-    v: dict[str, list[str]] = {k: [] for k in (
+class _Violation(NamedTuple):
+    text: str
+    path: Path | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.text}" if self.path is not None else self.text
+
+
+def _violations(corpus: Corpus) -> dict[str, list[_Violation]]:
+    """Every violation of every quality check, by check name, located at its record's file line."""
+    v: dict[str, list[_Violation]] = {k: [] for k in (
         "banned_word", "story_length", "min_train", "min_heldout", "exact_duplicate", "near_duplicate",
         "split_overlap", "neutral_length", "activity_category_count", "pressure_options", "intensity_values",
         "control_options")}
+
+    def at(record: object, text: str) -> _Violation:
+        return _Violation(text, *_source(record))
+
     lo, hi = STORY_WORDS
     by_emotion: dict[str, collections.Counter] = {e: collections.Counter() for e in corpus.emotions}
     for s in corpus.stories:
         banned = corpus.emotions[s.emotion].banned
         for b in banned:
             if contains_phrase(s.text, b):
-                v["banned_word"].append(f"{s.id}: {b!r}")
+                v["banned_word"].append(at(s, f"{s.id}: {b!r}"))
         n = word_count(s.text)
         if not lo <= n <= hi:
-            v["story_length"].append(f"{s.id}: {n} words")
+            v["story_length"].append(at(s, f"{s.id}: {n} words"))
         by_emotion[s.emotion][s.split] += 1
     for e, c in by_emotion.items():
         if c["train"] < MIN_TRAIN:
-            v["min_train"].append(f"{e}: {c['train']} train stories")
+            v["min_train"].append(_Violation(f"{e}: {c['train']} train stories"))
         if c["heldout"] < MIN_HELDOUT:
-            v["min_heldout"].append(f"{e}: {c['heldout']} held-out stories")
-    texts = [(s.id, s.text) for s in corpus.stories] + [(n.id, _neutral_plain(n)) for n in corpus.neutral]
+            v["min_heldout"].append(_Violation(f"{e}: {c['heldout']} held-out stories"))
+    located = [(s, s.text) for s in corpus.stories] + [(n, _neutral_plain(n)) for n in corpus.neutral]
+    records = {r.id: r for r, _ in located}
+    texts = [(r.id, t) for r, t in located]
     seen: dict[str, str] = {}
-    for i, t in texts:
+    for r, t in located:
         key = _normalise(t)
         if key in seen:
-            v["exact_duplicate"].append(f"{seen[key]} = {i}")
-        seen[key] = i
-    v["near_duplicate"] = [f"{a} ~ {b} ({f:.2f})" for a, b, f in near_duplicates(texts)]
+            v["exact_duplicate"].append(at(r, f"{seen[key]} = {r.id}"))
+        seen[key] = r.id
+    v["near_duplicate"] = [at(records[b], f"{a} ~ {b} ({f:.2f})") for a, b, f in near_duplicates(texts)]
     split_of: dict[str, set] = collections.defaultdict(set)
     for s in corpus.stories:
         split_of[_normalise(s.text)].add(s.split)
-    v["split_overlap"] = [t[:40] for t, sp in split_of.items() if len(sp) > 1]
+    v["split_overlap"] = [_Violation(t[:40]) for t, sp in split_of.items() if len(sp) > 1]
     for n in corpus.neutral:
         w = word_count(_neutral_plain(n))
         if not NEUTRAL_WORDS[0] <= w <= NEUTRAL_WORDS[1]:
-            v["neutral_length"].append(f"{n.id}: {w} words")
+            v["neutral_length"].append(at(n, f"{n.id}: {w} words"))
     cats = collections.Counter(a.category for a in corpus.activities)
-    v["activity_category_count"] = [f"{c}: {cats[c]}" for c in ACTIVITY_CATEGORIES if cats[c] < 8]
+    v["activity_category_count"] = [_Violation(f"{c}: {cats[c]}") for c in ACTIVITY_CATEGORIES if cats[c] < 8]
     for p in corpus.pressure:
         if _normalise(p.ethical) == _normalise(p.unethical) or re.search(r"\(?\b[AB]\)", p.ethical + p.unethical):
-            v["pressure_options"].append(p.id)
+            v["pressure_options"].append(at(p, p.id))
     for t in corpus.intensity:
         if len(t.values) < 8:
-            v["intensity_values"].append(t.id)
+            v["intensity_values"].append(at(t, t.id))
     for q in corpus.control_questions:
         if _normalise(q.correct) == _normalise(q.wrong):
-            v["control_options"].append(q.id)
+            v["control_options"].append(at(q, q.id))
     return v
+
+
+def quality_report(corpus: Corpus) -> dict[str, list[str]]:
+    """Every violation of every quality check, by check name (empty lists when clean).
+
+    A violation of one record reads ``file:line: problem``; corpus-wide ones (too few stories for
+    an emotion, a thin activity category) have no line.
+    """
+    return {k: [str(x) for x in xs] for k, xs in _violations(corpus).items()}
+
+
+def check_data(data_dir: Path = DATA_DIR) -> None:
+    """Load every data set and run every quality check; raise :class:`DataError` on the first problem.
+
+    The message is one line: the first violation with its ``file:line`` and how many there are in all.
+    """
+    data_dir = Path(data_dir)
+    found = [(k, x) for k, xs in _violations(load_corpus(data_dir)).items() for x in xs]
+    if found:
+        check, first = found[0]
+        raise DataError(first.path or data_dir, first.line, None,
+                        f"{check}: {first.text} (1 of {len(found)} data-quality violations; "
+                        f"'python -m emolib.data check --data-dir {data_dir}' lists them all)")
 
 
 def _neutral_plain(n: Neutral) -> str:
@@ -495,13 +580,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.command == "check":
-        report = quality_report(corpus)
-        bad = {k: x for k, x in report.items() if x}
-        for k, x in bad.items():
-            for item in x:
-                print(f"{k}: {item}")
-        print("ok: no violations" if not bad else f"{sum(map(len, bad.values()))} violations")
-        return 1 if bad else 0
+        found = [(k, x) for k, xs in _violations(corpus).items() for x in xs]
+        for k, x in found:
+            # file:line first, as compilers print it, so editors and terminals can jump to the line.
+            print(f"{x.path}:{x.line}: {k}: {x.text}" if x.path is not None else f"{k}: {x.text}")
+        print(f"{len(found)} violations" if found else "ok: no violations")
+        return 1 if found else 0
     stats = corpus_stats(corpus)
     if args.json:
         print(json.dumps(stats, indent=2))

@@ -10,13 +10,18 @@ file path, or a Hugging Face model id for users who have the hub.
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import importlib.util
 import json
 import os
+import ssl
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +34,7 @@ __all__ = [
     "EmbeddedModel",
     "ModelNotFoundError",
     "CacheCorruptedError",
+    "CacheLocationError",
     "cache_root",
     "embedded_cache_dir",
     "ensure_embedded_cache",
@@ -41,14 +47,21 @@ __all__ = [
 
 CACHE_MARKER = "emolib-cache.json"
 CACHE_FORMAT = 1
+GGUF_MAGIC = b"GGUF"
+# The hub client retries an unreachable host for 30 s or more; one short probe answers sooner.
+HUB_PROBE_TIMEOUT_S = 2.5
 
 
 class ModelNotFoundError(LookupError):
-    """The model name is not embedded, not a local path, and the hub could not provide it."""
+    """The name leads to no usable model: not embedded, not a model folder or GGUF file, not on the hub."""
 
 
 class CacheCorruptedError(RuntimeError):
     """A converted-weights cache directory failed its integrity check."""
+
+
+class CacheLocationError(RuntimeError):
+    """The cache folder (``$EMOLIB_CACHE``) cannot be created or written."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +137,24 @@ def embedded_cache_dir(name: str) -> Path:
     return cache_root() / "models" / f"{name}-fp32"
 
 
+def _writable_parent(directory: Path) -> None:
+    """Create the parent of a cache directory, or raise :class:`CacheLocationError` saying how to fix it."""
+    parent = directory.parent
+    root = cache_root()
+    if root.exists() and not root.is_dir():
+        problem = f"cache folder {root} is a file, not a folder"
+    else:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            problem = "" if os.access(parent, os.W_OK | os.X_OK) else f"cache folder {parent} is not writable"
+        except OSError as exc:
+            problem = f"cache folder {parent} cannot be created ({exc.strerror or exc})"
+    if problem:
+        env = os.environ.get("EMOLIB_CACHE")
+        now = f"now {env!r}" if env else "now unset"
+        raise CacheLocationError(f"{problem}; set EMOLIB_CACHE to a writable folder ({now})")
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` picks CUDA when present; an explicit CUDA request without CUDA is an error."""
     if str(device) == "auto":
@@ -179,12 +210,16 @@ def verify_cache_dir(directory: Path, *, full: bool = True) -> None:
     if not marker_path.is_file():
         raise CacheCorruptedError(f"{directory} has no {CACHE_MARKER}: it was never finished")
     try:
-        marker = json.loads(marker_path.read_text())
-        files = marker["files"]
-    except (ValueError, KeyError) as exc:
+        marker = json.loads(marker_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
         raise CacheCorruptedError(f"{marker_path} is unreadable: {exc}") from exc
+    if not isinstance(marker, dict):
+        raise CacheCorruptedError(f"{marker_path} holds a {type(marker).__name__}, not a JSON object")
     if marker.get("format") != CACHE_FORMAT:
         raise CacheCorruptedError(f"{directory} has cache format {marker.get('format')}, expected {CACHE_FORMAT}")
+    files = marker.get("files")
+    if not isinstance(files, dict) or not files or not all(_is_file_entry(f, m) for f, m in files.items()):
+        raise CacheCorruptedError(f"{marker_path} has no valid 'files' table")
     for fname, meta in files.items():
         p = directory / fname
         if not p.is_file():
@@ -193,6 +228,12 @@ def verify_cache_dir(directory: Path, *, full: bool = True) -> None:
             raise CacheCorruptedError(f"{p} has {p.stat().st_size} bytes, expected {meta['size']}")
         if full and _sha256(p) != meta["sha256"]:
             raise CacheCorruptedError(f"{p} does not match its recorded sha256")
+
+
+def _is_file_entry(fname: object, meta: object) -> bool:
+    # A bare file name only: a marker must not send the check (or a later load) outside its folder.
+    return (isinstance(fname, str) and fname == Path(fname).name and fname not in ("", ".", "..")
+            and isinstance(meta, dict) and type(meta.get("size")) is int and isinstance(meta.get("sha256"), str))
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
@@ -215,6 +256,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
 
 
 def _build_cache(directory: Path, *, source: str, build) -> None:
+    _writable_parent(directory)
     with atomic_dir(directory, overwrite=True) as tmp:
         build(tmp)
         _write_marker(tmp, source=source)
@@ -230,6 +272,7 @@ def ensure_embedded_cache(name: str, *, verbose: bool = True) -> Path:
             return directory
         except CacheCorruptedError as exc:
             print(f"emolib: cache for {name} is unusable ({exc}); rebuilding it.", file=sys.stderr)
+    _writable_parent(directory)  # before the message below: fail in one line, not after "converting"
 
     def build(tmp: Path) -> None:
         with tempfile.TemporaryDirectory(dir=directory.parent) as work:
@@ -252,15 +295,89 @@ def _gguf_cache_dir(path: Path) -> Path:
     return cache_root() / "models" / f"gguf-{path.stem}-{key}-fp32"
 
 
+def _embedded_hint(name: str) -> str:
+    """"did you mean ...?" for a near-miss of an embedded name, then the list of embedded models."""
+    base = name.rstrip("/").rsplit("/", 1)[-1].lower()
+    close = difflib.get_close_matches(base, list(EMBEDDED_MODELS), n=1)
+    guess = f"did you mean {close[0]!r}? " if close else ""
+    return f"{guess}Embedded models (no hub needed): {', '.join(EMBEDDED_MODELS)}."
+
+
+def _hub_offline() -> bool:
+    # Read the variable now: huggingface_hub reads it once, at import, which may predate the caller's setting.
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def _hub_reachable(endpoint: str, *, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """One HEAD request to the hub, bounded by ``timeout`` including the DNS lookup (hence the thread)."""
+    answered: list[bool] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+            answered.append(True)
+        except urllib.error.HTTPError as exc:
+            # A 4xx comes from the hub itself; a 5xx is typically a proxy that cannot reach it,
+            # which the hub client would retry for as long as it would an unreachable host.
+            answered.append(exc.code < 500)
+        except urllib.error.URLError as exc:
+            # A certificate problem means the host is there; the hub client may trust other CAs.
+            answered.append(isinstance(exc.reason, ssl.SSLError))
+        except Exception:  # noqa: BLE001 - a probe: whatever went wrong, the hub did not answer
+            answered.append(False)
+
+    thread = threading.Thread(target=probe, name="emolib-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answered) and answered[0]
+
+
+def _hub_location(name: str) -> str:
+    """The id itself when the hub can serve it, else its snapshot in the local hub cache."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ModelNotFoundError(f"unknown model {name!r}: no such file or folder, and not a valid hub id; "
+                                 f"{_embedded_hint(name)}") from None
+    if _hub_offline():
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        endpoint = _hub_endpoint()
+        if _hub_reachable(endpoint):
+            return name
+        reason = f"the Hugging Face hub ({endpoint}) is unreachable"
+    try:
+        # local_files_only makes no network call, so a model downloaded earlier still loads.
+        return snapshot_download(name, local_files_only=True)
+    except (OSError, ValueError):
+        raise ModelNotFoundError(f"unknown model {name!r}; {_embedded_hint(name)} It is not a model folder or "
+                                 f".gguf file, {reason}, and the local hub cache does not hold it.") from None
+
+
 def _resolve_source(name: str) -> tuple[str, str]:
     """Map a model name to (kind, location): embedded, directory, gguf or hub."""
     if name in EMBEDDED_MODELS:
         return "embedded", str(ensure_embedded_cache(name))
+    path = Path(name).expanduser()
     if name.lower().endswith(".gguf"):
-        path = Path(name).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file {name!r} does not exist. Check the path, or use an embedded "
                                     f"model: {', '.join(EMBEDDED_MODELS)}")
+        with path.open("rb") as fh:
+            if fh.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
+                raise ModelNotFoundError(f"{name} is not a GGUF file (it does not start with the GGUF magic "
+                                         f"bytes); pass a real .gguf file, a model folder or an embedded model: "
+                                         f"{', '.join(EMBEDDED_MODELS)}")
         directory = _gguf_cache_dir(path)
         try:
             verify_cache_dir(directory)
@@ -268,9 +385,16 @@ def _resolve_source(name: str) -> tuple[str, str]:
             _build_cache(directory, source=f"gguf:{path.resolve()}",
                          build=lambda tmp: convert_gguf(path, tmp))
         return "gguf", str(directory)
-    if Path(name).expanduser().is_dir():
-        return "directory", str(Path(name).expanduser())
-    return "hub", name
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{name} is a folder but not a Hugging Face model folder (it has no "
+                                     f"config.json); pass a model folder, a .gguf file or an embedded model: "
+                                     f"{', '.join(EMBEDDED_MODELS)}")
+        return "directory", str(path)
+    if path.exists():
+        raise ModelNotFoundError(f"{name} is a file but not a .gguf file; pass a .gguf file, a model folder or "
+                                 f"an embedded model: {', '.join(EMBEDDED_MODELS)}")
+    return "hub", _hub_location(name)
 
 
 def load_model(name: str = "gemma-3-270m", *, device: str | torch.device = "auto",
@@ -280,6 +404,10 @@ def load_model(name: str = "gemma-3-270m", *, device: str | torch.device = "auto
     ``name`` is an embedded model (see :data:`EMBEDDED_MODELS`), a local Hugging Face directory, a
     ``.gguf`` file, or a Hugging Face hub id. The bridge keeps the raw HF weights, so its logits
     and ``blocks.L.hook_resid_post`` match the HF model's logits and hidden state ``L + 1``.
+
+    With ``HF_HUB_OFFLINE=1``, or when a short probe finds the hub unreachable, a hub id loads only
+    from the local hub cache; otherwise :class:`ModelNotFoundError` comes at once, with the nearest
+    embedded name.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -295,13 +423,21 @@ def load_model(name: str = "gemma-3-270m", *, device: str | torch.device = "auto
         if kind != "hub":
             raise
         raise ModelNotFoundError(
-            f"Unknown model {name!r}: it is not an embedded model, a local directory or a .gguf file, "
-            f"and the Hugging Face hub could not provide it ({type(exc).__name__}: {exc}). Embedded models "
-            f"that work offline: {', '.join(EMBEDDED_MODELS)}."
+            f"unknown model {name!r}; {_embedded_hint(name)} It is not a model folder or .gguf file, and the "
+            f"Hugging Face hub could not provide it ({type(exc).__name__}: {_first_line(exc)})"
         ) from exc
+    except ValueError as exc:
+        if kind != "directory":
+            raise
+        raise ModelNotFoundError(f"{name} could not be loaded as a Hugging Face model folder "
+                                 f"({_first_line(exc)})") from exc
     bridge.eval()
     bridge.emolib_source = {"name": name, "kind": kind, "location": location}
     return bridge
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def model_info(name: str, *, device: str = "cpu") -> dict:
@@ -343,7 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         facts = model_info(args.name)
     except (ModelNotFoundError, FileNotFoundError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # CacheCorruptedError and CacheLocationError are RuntimeErrors; messages from torch or
+        # transformers may span lines, and the CLI promises one.
+        print(f"error: {_first_line(exc)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(facts, indent=2))

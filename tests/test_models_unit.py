@@ -73,7 +73,21 @@ def test_cache_build_is_atomic_and_verified(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m-fp32"], "no temporary directory may be left behind"
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "no-marker", "bad-marker"])
+# Markers of the wrong shape: each must read as a corrupted cache (to be rebuilt), never crash.
+_BAD_MARKERS = {
+    "bad-marker": b"{not json",
+    "not-utf8": b"\xff\xfe{}",
+    "list-marker": b"[1, 2]",
+    "no-files": json.dumps({"format": models.CACHE_FORMAT}).encode(),
+    "files-list": json.dumps({"format": models.CACHE_FORMAT, "files": ["model.safetensors"]}).encode(),
+    "entry-no-size": json.dumps({"format": models.CACHE_FORMAT,
+                                 "files": {"model.safetensors": {"sha256": "0" * 64}}}).encode(),
+    "entry-outside": json.dumps({"format": models.CACHE_FORMAT,
+                                 "files": {"../m-fp32/config.json": {"size": 2, "sha256": "0" * 64}}}).encode(),
+}
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no-marker", *_BAD_MARKERS])
 def test_corrupted_cache_is_detected(tmp_path, damage):
     d = tmp_path / "m-fp32"
     models._build_cache(d, source="test", build=_fake_build(b"y" * 4096))
@@ -85,7 +99,7 @@ def test_corrupted_cache_is_detected(tmp_path, damage):
     elif damage == "no-marker":
         (d / models.CACHE_MARKER).unlink()
     else:
-        (d / models.CACHE_MARKER).write_text("{not json")
+        (d / models.CACHE_MARKER).write_bytes(_BAD_MARKERS[damage])
     with pytest.raises(CacheCorruptedError):
         models.verify_cache_dir(d)
 
@@ -109,6 +123,24 @@ def test_corrupted_embedded_cache_is_rebuilt_not_loaded(tmp_path, monkeypatch, t
     assert models.ensure_embedded_cache("smollm2-135m-instruct", verbose=False) == d and len(calls) == 1
     (d / "model.safetensors").write_bytes(b"garbage")
     models.ensure_embedded_cache("smollm2-135m-instruct", verbose=False)
+    assert len(calls) == 2
+    models.verify_cache_dir(d)
+
+
+@pytest.mark.parametrize("damage", ["list-marker", "entry-no-size", "not-utf8"])
+def test_embedded_cache_with_a_misshapen_marker_is_rebuilt(tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("EMOLIB_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_convert(gguf, out_dir):
+        calls.append(gguf)
+        _fake_build(b"w" * 512)(out_dir)
+
+    monkeypatch.setattr(models, "convert_gguf", fake_convert)
+    monkeypatch.setattr(models.EmbeddedModel, "locate_gguf", lambda self, work: work / "fake.gguf")
+    d = models.ensure_embedded_cache("gemma-3-270m", verbose=False)
+    (d / models.CACHE_MARKER).write_bytes(_BAD_MARKERS[damage])
+    assert models.ensure_embedded_cache("gemma-3-270m", verbose=False) == d
     assert len(calls) == 2
     models.verify_cache_dir(d)
 
