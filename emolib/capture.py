@@ -35,6 +35,7 @@ from emolib._io import atomic_write_bytes
 from emolib.chat import encode
 from emolib.hooks import resid_hook_name
 from emolib.models import CACHE_MARKER, cache_root
+from emolib.progress import report
 
 __all__ = ["POOLINGS", "DEFAULT_START", "CaptureResult", "CaptureCacheError", "capture", "model_fingerprint",
            "tokenize", "mean_resid_norms", "residual_norm_profile"]
@@ -285,12 +286,27 @@ class _NullBar:
     def close(self): pass
 
 
+class _Reported:
+    """A progress bar that also tells the book runner (emolib.progress) how far it is."""
+
+    def __init__(self, inner, total: int, desc: str):
+        self.inner, self.total, self.desc, self.done = inner, total, desc, 0
+
+    def update(self, n=1):
+        self.done += n
+        self.inner.update(n)
+        report(f"{self.desc} (batches)", min(self.done, self.total), self.total)
+
+    def close(self):
+        self.inner.close()
+
+
 def _bar(total: int, show: bool, desc: str):
     if not show:
-        return _NullBar()
+        return _Reported(_NullBar(), total, desc)
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr)
+    return _Reported(tqdm(total=total, desc=desc, unit="batch", file=sys.stderr), total, desc)
 
 
 def _run(model, token_ids, index, layers, pooling, start, batch_size, show, n_total, *, bar=None) -> CaptureResult:

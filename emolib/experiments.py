@@ -15,6 +15,7 @@ import torch
 from emolib.capture import capture, mean_resid_norms
 from emolib.chat import encode
 from emolib.data import load_activities, load_control_questions, load_neutral, load_pressure
+from emolib.progress import report
 from emolib.scoring import bradley_terry, choice_both_orders, fluency
 from emolib.stats import bootstrap_mean_ci, correlation
 from emolib.steering import random_direction, steer
@@ -64,6 +65,7 @@ def steering_grid(model, vectors: EmotionVectors, layer: int, norms: dict, *, pr
     from emolib.chat import encode_chat
 
     rows = []
+    n_runs = len(prompts) * (1 + (len(emotions) + 1) * sum(a != 0 for a in alphas))
     for pi, prompt in enumerate(prompts):
         ids = encode_chat(model.tokenizer, [{"role": "user", "content": prompt}]) if chat else encode(model.tokenizer, prompt)
         for emotion in [*emotions, "random"]:
@@ -75,6 +77,7 @@ def steering_grid(model, vectors: EmotionVectors, layer: int, norms: dict, *, pr
                 rows.append({"prompt": pi, "emotion": "none" if alpha == 0 else emotion, "alpha": alpha,
                              "text": model.tokenizer.decode(cont, skip_special_tokens=True).strip(),
                              "n_tokens": len(cont), **fluency(model, ids, cont)})
+                report("steered generation (continuations)", len(rows), n_runs)
     df = pd.DataFrame(rows)
     # How strongly does each continuation, read by the unsteered model, express each steered emotion?
     texts = [t if t else "." for t in df["text"]]
@@ -187,6 +190,8 @@ def ethics_dose_response(model, vectors, layer, norms, *, emotions, alphas, n_ra
 
     base = rate(None)
     rows = [{"emotion": "none", "alpha": 0.0, "per_scenario": base}]
+    n_conditions = 1 + (len(emotions) + n_random) * sum(a != 0 for a in alphas)
+    report("ethics (conditions)", 1, n_conditions)
     for e in [*emotions, *[f"random{k}" for k in range(n_random)]]:
         for a in alphas:
             if a == 0:
@@ -195,6 +200,7 @@ def ethics_dose_response(model, vectors, layer, norms, *, emotions, alphas, n_ra
             f = lambda a=a, e=e, r=is_random: _steer_ctx(  # noqa: E731
                 model, vectors, layer, norms, "random" if r else e, a, seed=seed + 100 + int(e[6:]) if r else seed)
             rows.append({"emotion": e, "alpha": float(a), "per_scenario": rate(f)})
+            report("ethics (conditions)", len(rows), n_conditions)
     out = []
     for r in rows:
         p = r["per_scenario"]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from emolib.chat import encode, format_chat
+from emolib.progress import report
 
 __all__ = ["choice_prompt", "letter_ids", "last_token_logits", "option_probability", "span_mask", "choice_both_orders", "bradley_terry",
            "repetition_rate", "continuation_perplexity", "fluency"]
@@ -116,6 +117,7 @@ def option_probability(model, prompts: Sequence[str], *, batch_size: int = 8,
             logits = last_token_logits(model, toks.to(device), mask.to(device))
         pair = logits[:, [a, b]].float()
         out.append(torch.softmax(pair, dim=-1)[:, 0].cpu())
+        report("option scoring (prompts)", min(s + batch_size, len(ids)), len(ids))
     return torch.cat(out).numpy()
 
 

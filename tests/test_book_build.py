@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+import browser
 from conftest import ROOT
 from emolib.book import build_book
 
@@ -42,48 +41,43 @@ def test_numbers_in_prose_come_from_the_runs(built):
     assert "problematic" not in html  # a missing metric would render as a problematic node
 
 
-def _driver():
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    chromedriver = shutil.which("chromedriver")
-    if not (chromium and chromedriver):
-        pytest.fail("headless Chromium is required: `make test` installs Debian's chromium and chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,1600"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(chromedriver), options=opts)
+def _toc_pages() -> list[str]:
+    toc = (ROOT / "_toc.yml").read_text()
+    return [re.search(r"root: (\S+)", toc).group(1)] + re.findall(r"file: (\S+)", toc)
 
 
-@pytest.mark.parametrize("page", ["book/intro.html", "book/runs/gemma-3-270m/02_extraction.html"])
-def test_page_renders_in_a_real_browser(built, page):
-    import http.server
-    import socketserver
-    import threading
-    from functools import partial
+def test_no_temporary_run_folders_in_the_html(built):
+    from test_runs_published import TMP_RUN
 
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(built))
-    with socketserver.TCPServer(("127.0.0.1", 0), handler) as httpd:
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        driver = _driver()
-        try:
-            driver.get(f"http://127.0.0.1:{httpd.server_address[1]}/{page}")
-            driver.implicitly_wait(2)
-            assert driver.find_elements("css selector", ".bd-sidebar-primary, #pst-primary-sidebar, nav.bd-links"), \
-                "the sidebar is missing"
-            images = driver.execute_script(
-                "return Array.from(document.images).map(i => [i.src, i.complete, i.naturalWidth])")
-            broken = [src for src, done, width in images if not done or width == 0]
-            assert not broken, f"images that did not load: {broken}"
-            errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-            assert not errors, errors
-            ARTIFACTS.mkdir(exist_ok=True)
-            driver.save_screenshot(str(ARTIFACTS / (page.replace("/", "_") + ".png")))
-        finally:
-            driver.quit()
-            httpd.shutdown()
+    for page in built.rglob("*.html"):
+        hits = TMP_RUN.findall(page.read_text(errors="ignore"))
+        assert not hits, f"{page.relative_to(built)} mentions temporary run folders: {hits[:3]}"
+
+
+def test_every_page_renders_in_a_real_browser(built):
+    """Each page of the book, as a reader gets it: the sidebar, no console errors, every image loaded
+    with a real width, as many images on a chapter page as its executed notebook holds, and code
+    that wraps instead of scrolling sideways. Screenshots land in test-artifacts/."""
+    from test_runs_published import image_outputs
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    drv = browser.driver()
+    counts = {}
+    try:
+        with browser.serve(built) as base:
+            for page in _toc_pages():
+                seen = browser.look(drv, f"{base}/{page}.html")
+                assert seen["sidebar"], f"{page}: the sidebar is missing"
+                broken = [src for src, done, width in seen["images"] if not done or width == 0]
+                assert not broken, f"{page}: images that did not load: {broken}"
+                assert not seen["errors"], f"{page}: {seen['errors']}"
+                assert seen["overflow"] <= 2, f"{page}: a code cell scrolls sideways by {seen['overflow']} px"
+                notebook = ROOT / f"{page}.ipynb"
+                if notebook.is_file():
+                    want = image_outputs(notebook)
+                    assert len(seen["images"]) >= want, f"{page}: {len(seen['images'])} images shown, notebook has {want}"
+                counts[page] = len(seen["images"])
+                drv.save_screenshot(str(ARTIFACTS / (page.replace("/", "_") + ".png")))
+    finally:
+        drv.quit()
+    (ARTIFACTS / "images_per_page.txt").write_text("".join(f"{n}\t{p}\n" for p, n in counts.items()))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
 from emolib.book import CHAPTERS, run_chapters
 
 pytestmark = pytest.mark.real_model
@@ -62,3 +64,68 @@ def test_rerun_with_unchanged_inputs_reuses_every_chapter(quick_run, capsys):
     for ch in CHAPTERS:
         assert f"reusing {ch.name}" in err, ch.name
     assert {p.name: p.read_bytes() for p in quick_run.glob("*.ipynb")} == before
+
+
+def test_quick_run_notebooks_show_figures_and_no_temporary_paths(quick_run):
+    from test_runs_published import check_no_temporary_paths, check_run_figures
+
+    check_run_figures(quick_run)
+    check_no_temporary_paths(quick_run)
+
+
+def _build_chapters_book(run: Path, root: Path) -> Path:
+    """A book of just ``run``'s chapters, built with the project's configuration (strict)."""
+    import shutil
+    import subprocess
+    import sys
+
+    for sub in ("_static", "_ext"):
+        shutil.copytree(ROOT / "book" / sub, root / "book" / sub)
+    shutil.copy(ROOT / "_config.yml", root / "_config.yml")
+    shutil.copytree(run, root / "book" / "runs" / run.name, ignore=shutil.ignore_patterns(".*"))
+    pages = [f"book/runs/{run.name}/{ch.name}" for ch in CHAPTERS]
+    (root / "_toc.yml").write_text("format: jb-book\nroot: " + pages[0] + "\nchapters:\n"
+                                   + "".join(f"  - file: {p}\n" for p in pages[1:]))
+    subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(root), "-W", "-q"], check=True)
+    return root / "_build" / "html"
+
+
+def test_quick_book_pages_show_their_figures_in_a_browser(quick_run, tmp_path):
+    """The rendered chapters of a fresh run, in a real browser: every figure the executed notebook
+    holds is on the page and loaded; the steered examples and the token monitor switch tabs."""
+    import browser
+    from test_runs_published import image_outputs
+
+    built = _build_chapters_book(quick_run, tmp_path / "quickbook")
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    drv = browser.driver()
+    try:
+        with browser.serve(built) as base:
+            for ch in CHAPTERS:
+                page = f"book/runs/{quick_run.name}/{ch.name}.html"
+                seen = browser.look(drv, f"{base}/{page}")
+                loaded = [w for _, done, w in seen["images"] if done and w > 0]
+                want = image_outputs(quick_run / f"{ch.name}.ipynb")
+                assert want >= 1 and len(loaded) >= want, f"{ch.name}: {len(loaded)} images loaded, notebook has {want}"
+                assert len(loaded) == len(seen["images"]), f"{ch.name}: some images did not load"
+                assert not seen["errors"], seen["errors"]
+                assert seen["overflow"] <= 2, f"{ch.name}: a code cell scrolls sideways by {seen['overflow']} px"
+                if ch.name in ("04_steering", "05_behavior"):
+                    _check_tabs_switch(drv, ch.name)
+                drv.save_screenshot(str(artifacts / f"quick_{ch.name}.png"))
+    finally:
+        drv.quit()
+
+
+def _check_tabs_switch(drv, chapter: str) -> None:
+    sets = drv.find_elements("css selector", "div.emo-tabs")
+    assert sets, f"{chapter}: no tabbed view on the page"
+    first = sets[0]
+    labels = first.find_elements("css selector", ":scope > label")
+    panels = first.find_elements("css selector", ":scope > div")
+    assert len(labels) >= 2 and len(labels) == len(panels), chapter
+    assert panels[0].is_displayed() and not panels[1].is_displayed()
+    drv.execute_script("arguments[0].scrollIntoView()", labels[1])
+    labels[1].click()
+    assert panels[1].is_displayed() and not panels[0].is_displayed(), f"{chapter}: picking a tab did not switch"
