@@ -309,16 +309,19 @@ _LIBRARIES = ("torch", "transformers", "transformer-lens", "numpy", "scipy", "sc
               "seaborn", "safetensors", "gguf")
 # Modules that cannot change a chapter's outputs: editing them must not invalidate every run.
 _NOT_HASHED = {"book.py", "progress.py"}
+# Stories being written for a later corpus (data/drafts/): no chapter reads them until they are merged.
+_DRAFTS = "drafts"
 
 
 def inputs_fingerprint(root: Path = ROOT) -> str:
     """A hash of everything besides a chapter and its parameters that can change its outputs: the data
-    files, the computing ``emolib`` modules (the runner and progress display excluded) and the library
-    versions."""
+    files (drafts under ``data/drafts/`` excluded), the computing ``emolib`` modules (the runner and
+    progress display excluded) and the library versions."""
     from importlib import metadata
 
     h = hashlib.sha256()
-    files = sorted((root / "data").rglob("*")) + sorted((root / "emolib").glob("*.py"))
+    data = [p for p in sorted((root / "data").rglob("*")) if p.relative_to(root / "data").parts[0] != _DRAFTS]
+    files = data + sorted((root / "emolib").glob("*.py"))
     for path in files:
         if path.is_file() and not (path.parent.name == "emolib" and path.name in _NOT_HASHED):
             h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")

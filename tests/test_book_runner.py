@@ -204,6 +204,13 @@ def test_runner_and_progress_code_do_not_change_the_fingerprint(tmp_path):
     (tmp_path / "emolib" / "book.py").write_text("runner")
     (tmp_path / "emolib" / "progress.py").write_text("display")
     assert book.inputs_fingerprint(tmp_path) == base
+    (tmp_path / "data" / "drafts").mkdir()
+    (tmp_path / "data" / "drafts" / "writer-w1.jsonl").write_text("{}")
+    assert book.inputs_fingerprint(tmp_path) == base, "drafts are read by no chapter"
+    (tmp_path / "data" / "stories").mkdir()
+    (tmp_path / "data" / "stories" / "drafts.jsonl").write_text("{}")
+    assert book.inputs_fingerprint(tmp_path) != base, "only the data/drafts folder is left out"
+    (tmp_path / "data" / "stories" / "drafts.jsonl").unlink()
     (tmp_path / "emolib" / "capture.py").write_text("x = 2")
     assert book.inputs_fingerprint(tmp_path) != base
 
