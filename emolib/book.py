@@ -17,7 +17,7 @@ ones wrote); it also records whether the run is a quick one, and a run never mix
 chapters in one folder. ``--force`` re-executes everything.
 
 The executed notebooks are published as they will be read: the staging folder's path is replaced
-by the run folder's, and papermill's injected-parameters cell is tagged ``remove-cell``. While a
+by the run folder's, and papermill's injected-parameters cell is collapsed (``hide-input``). While a
 chapter runs, the terminal shows its elapsed time and the progress that ``emolib`` code reports
 through :mod:`emolib.progress`.
 """
@@ -440,9 +440,12 @@ def remove_stale_runs(out: Path, name: str, *, max_age_s: float = STALE_AFTER_S)
         if m is None or path.is_symlink() or not path.is_dir():
             continue
         pid = m["pid"] or m["old"]
-        owner_gone = pid is not None and not _pid_alive(int(pid))
-        if not (owner_gone or now - _last_touched(path) > max_age_s):
-            continue
+        if pid is not None:
+            # An owner that is alive is never overruled by age: a single cell may run for a day.
+            if _pid_alive(int(pid)):
+                continue
+        elif now - _last_touched(path) <= max_age_s:
+            continue  # no owner recorded (an earlier runner's folder): only age tells
         if m["old"] and not target.exists():
             os.replace(path, target)  # it died between its two renames: this is the previous run, put it back
         else:
@@ -512,14 +515,23 @@ def _staging(target: Path, guard: _SignalGuard) -> Iterator[Path]:
                          f"choose another --out") from None
     try:
         yield tmp
-        with guard.deferred():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            shutil.rmtree(old, ignore_errors=True)
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        try:
+            with guard.deferred():
+                shutil.rmtree(old, ignore_errors=True)
+                if target.exists():
+                    os.replace(target, old)
+                try:
+                    os.replace(tmp, target)
+                except OSError:
+                    if old.exists() and not target.exists():
+                        os.replace(old, target)  # the new run could not take its place: keep the old one
+                    raise
+                guard.saved = True
+        finally:
+            # Also when a signal held during the swap is raised on leaving it: the old run is a full copy.
             if target.exists():
-                os.replace(target, old)
-            os.replace(tmp, target)
-            guard.saved = True
-        shutil.rmtree(old, ignore_errors=True)
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -658,7 +670,7 @@ def _replace_strings(obj: Any, pairs: list[tuple[str, str]]) -> Any:
 def publish_notebook(path: Path, *, staging: Path, final: Path, source: Path | None = None) -> None:
     """Rewrite an executed notebook as readers see it: every mention of the ``staging`` folder (absolute,
     relative to the repository, or by name) names ``final`` instead, and papermill's injected-parameters
-    cell is tagged ``remove-cell`` (the chapter's own parameters cell already shows the defaults)."""
+    cell is collapsed with ``hide-input`` (the chapter's own parameters cell shows only the defaults)."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
@@ -671,8 +683,10 @@ def publish_notebook(path: Path, *, staging: Path, final: Path, source: Path | N
     _replace_strings(nb, pairs)
     for cell in nb.cells:
         tags = cell.metadata.get("tags", [])
-        if "injected-parameters" in tags and "remove-cell" not in tags:
-            tags.append("remove-cell")
+        if "injected-parameters" in tags:
+            # Collapsed, not removed: it is the only place a page shows the values this run used.
+            cell.metadata["tags"] = [t for t in tags if t != "remove-cell"] + (
+                [] if "hide-input" in tags else ["hide-input"])
     meta = nb.metadata.get("papermill")
     if meta is not None and source is not None:
         # papermill records the input notebook object itself when given one; name its source instead.

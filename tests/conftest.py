@@ -74,3 +74,23 @@ def real_model(name: str):
 @pytest.fixture(scope="session", params=EMBEDDED)
 def embedded_model(request):
     return request.param, real_model(request.param)
+
+
+@pytest.fixture
+def fake_converter(tiny_model_dir, monkeypatch) -> list:
+    """Stand in for the GGUF converter (the tiny model's files play the converted weights) and for the
+    embedded packages' GGUF files; returns the list of GGUF paths it was asked to convert."""
+    import shutil
+
+    from emolib import models
+
+    calls: list = []
+
+    def fake_convert(gguf, out_dir):
+        calls.append(gguf)
+        for p in tiny_model_dir.iterdir():
+            shutil.copy(p, out_dir / p.name)
+
+    monkeypatch.setattr(models, "convert_gguf", fake_convert)
+    monkeypatch.setattr(models.EmbeddedModel, "locate_gguf", lambda self, work: work / "fake.gguf")
+    return calls

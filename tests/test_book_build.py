@@ -75,6 +75,7 @@ def test_every_page_renders_in_a_real_browser(built):
                 notebook = ROOT / f"{page}.ipynb"
                 if notebook.is_file():
                     want = image_outputs(notebook)
+                    assert want >= 1, f"{page}: its executed notebook holds no figure"
                     assert len(seen["images"]) >= want, f"{page}: {len(seen['images'])} images shown, notebook has {want}"
                 counts[page] = len(seen["images"])
                 drv.save_screenshot(str(ARTIFACTS / (page.replace("/", "_") + ".png")))

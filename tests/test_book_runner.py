@@ -349,7 +349,7 @@ def test_stale_staging_folders_are_removed_and_live_ones_kept(tmp_path):
     names = {
         f".m.pid{dead}.0a1b2c3d.tmp": "gone",      # owner gone
         f".m.old-{dead}": "gone",                  # a finished replacement's leftover
-        f".m.pid{alive}.0a1b2c3d.tmp": "old",      # a running run (this process): kept while recent
+        f".m.pid{alive}.0a1b2c3d.tmp": "keep",     # a running run (this process): kept, however old
         ".m.abcdefgh.tmp": "old",                  # an earlier runner's: no owner recorded, so by age
         f".m.x.pid{dead}.0a1b2c3d.tmp": "keep",    # another model's (m.x)
         f".m-quick.pid{dead}.0a1b2c3d.tmp": "keep",  # the quick run's: quick runs clean those
@@ -463,7 +463,8 @@ def test_published_notebook_has_no_temporary_paths_and_hides_injected_parameters
     assert ".tmp" not in text and not re.search(r"\.tiny__model\.pid\d+", text), "a staging path leaked"
     nb = json.loads(text)
     injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
-    assert len(injected) == 1 and "remove-cell" in injected[0]["metadata"]["tags"]
+    assert len(injected) == 1 and "hide-input" in injected[0]["metadata"]["tags"]
+    assert "remove-cell" not in injected[0]["metadata"]["tags"], "the values the run used stay on the page"
     assert 'run_dir = "tiny__model"' in "".join(injected[0]["source"]), "outside the repo: named by the folder"
     own = [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])]
     assert "remove-cell" not in own[0]["metadata"]["tags"], "the chapter's own parameters cell stays"
@@ -491,7 +492,7 @@ def test_publish_names_the_run_folder_relative_to_the_repository(tmp_path):
     book.publish_notebook(path, staging=staging, final=book.RUNS / "m")
     out = nbformat.read(path, as_version=4)
     assert out.cells[0].source == 'run_dir = "book/runs/m"'
-    assert out.cells[0].metadata.tags == ["injected-parameters", "remove-cell"]
+    assert out.cells[0].metadata.tags == ["injected-parameters", "hide-input"]
     assert out.cells[1].outputs[0].text == "book/runs/m/a.png book/runs/m/b.png ../m\n"
 
 
@@ -606,3 +607,46 @@ def test_make_help_lists_the_targets():
     text = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     for target in ("book", "book-quick", "test", "test-fast", "lab", "clean-book", "venv", "help"):
         assert re.search(rf"^  {re.escape(target)} +\S", text, re.M), target
+
+
+def test_a_failed_swap_keeps_the_previous_run(tmp_path, monkeypatch):
+    target = tmp_path / "m"
+    target.mkdir()
+    (target / "metrics.json").write_text("previous")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(src).name.endswith(".tmp"):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(book.os, "replace", replace)
+    with pytest.raises(OSError):
+        with book._SignalGuard() as guard, book._staging(target, guard) as tmp:
+            (tmp / "metrics.json").write_text("new")
+    assert (target / "metrics.json").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"], "no staging or old copy left behind"
+
+
+def test_a_signal_during_the_swap_leaves_no_old_copy(tmp_path):
+    """A signal that arrives while the swap is held is raised on leaving it; the replaced run's copy
+    must still be removed."""
+    import contextlib
+
+    target = tmp_path / "m"
+    target.mkdir()
+    (target / "metrics.json").write_text("previous")
+    with pytest.raises(book.RunInterrupted):
+        with book._SignalGuard() as guard, book._staging(target, guard) as tmp:
+            (tmp / "metrics.json").write_text("new")
+            held = guard.deferred
+
+            @contextlib.contextmanager
+            def deferred():
+                with held():
+                    yield
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+            guard.deferred = deferred
+    assert (target / "metrics.json").read_text() == "new", "the swap completed before the signal was raised"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"], "the replaced run's copy was removed"

@@ -16,16 +16,10 @@ from safetensors import safe_open
 from emolib import capture as cap
 from emolib import models
 from emolib.capture import CaptureCacheError, capture
+from test_capture import TEXTS
 from emolib.vectors import EmotionVectors, VectorFileError, VectorFileExistsError
 
 ROOT = Path(__file__).resolve().parent.parent
-TEXTS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "I could not sleep.",
-    "She walked to the market and bought bread, apples and cheese, then went home.",
-    "Storm.",
-    "User: What is the capital of France?\n\nAssistant: Paris.",
-]
 KW = dict(layers=[0, 1], chunk_size=2, batch_size=2)  # 5 texts: 3 chunks of one batch each
 
 
@@ -148,16 +142,8 @@ def test_local_model_directory_uses_no_cache(tiny_model_dir, tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
-def test_garbled_embedded_model_cache_is_rebuilt(tiny_model_dir, monkeypatch):
-    calls = []
-
-    def fake_convert(gguf, out_dir):
-        calls.append(gguf)
-        for p in tiny_model_dir.iterdir():
-            shutil.copy(p, out_dir / p.name)
-
-    monkeypatch.setattr(models, "convert_gguf", fake_convert)
-    monkeypatch.setattr(models.EmbeddedModel, "locate_gguf", lambda self, work: work / "fake.gguf")
+def test_garbled_embedded_model_cache_is_rebuilt(fake_converter):
+    calls = fake_converter
     d = models.ensure_embedded_cache("smollm2-135m-instruct", verbose=False)
     weights = d / "model.safetensors"
     good = weights.read_bytes()
@@ -169,17 +155,10 @@ def test_garbled_embedded_model_cache_is_rebuilt(tiny_model_dir, monkeypatch):
     assert len(calls) == 2 and weights.read_bytes() == good
 
 
-def test_garbled_gguf_model_cache_is_rebuilt(tiny_model_dir, tmp_path, monkeypatch):
+def test_garbled_gguf_model_cache_is_rebuilt(fake_converter, tmp_path):
     gguf = tmp_path / "tiny.gguf"
-    gguf.write_bytes(getattr(models, "GGUF_MAGIC", b"GGUF") + b" converted by a fake")
-    calls = []
-
-    def fake_convert(path, out_dir):
-        calls.append(path)
-        for p in tiny_model_dir.iterdir():
-            shutil.copy(p, out_dir / p.name)
-
-    monkeypatch.setattr(models, "convert_gguf", fake_convert)
+    gguf.write_bytes(models.GGUF_MAGIC + b" converted by a fake")
+    calls = fake_converter
     kind, location = models._resolve_source(str(gguf))
     assert kind == "gguf" and len(calls) == 1
     flip_tensor_byte(Path(location) / "model.safetensors")
@@ -291,7 +270,7 @@ def test_saving_the_same_vectors_over_format_1_upgrades_it(tmp_path):
 @pytest.mark.parametrize("run", sorted(p.parent.name for p in (ROOT / "book" / "runs").glob("*/vectors.json")))
 def test_committed_book_vectors_still_load(run):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # format 1 until the extraction chapter is re-run
+        warnings.simplefilter("error")  # the committed vectors are format 2: no fallback warning
         vecs = EmotionVectors.load(ROOT / "book" / "runs" / run / "vectors")
     assert vecs.emotions and vecs.layers
 

@@ -184,9 +184,9 @@ def test_committed_gemma_run_exports_calm_at_its_steering_norm(tmp_path):
     (t,) = reader.tensors
     assert t.name == f"direction.{steering['layer']}"
     assert float(np.linalg.norm(np.asarray(t.data))) == pytest.approx(0.1 * steering["norm"], rel=1e-3)
-    assert float(np.linalg.norm(np.asarray(t.data))) == pytest.approx(0.1 * 6668.02, rel=1e-3)
     assert gguf_string(reader, "controlvector.model_hint") == "gemma3"
-    assert reader.get_field("controlvector.layer_count").contents() == 18
+    n_layers = json.loads((run / "metrics.json").read_text())["n_layers"]
+    assert reader.get_field("controlvector.layer_count").contents() == n_layers
 
 
 def test_python_dash_m_emolib_vectors_dispatches_to_export(run, tmp_path):

@@ -104,20 +104,10 @@ def test_corrupted_cache_is_detected(tmp_path, damage):
         models.verify_cache_dir(d)
 
 
-def test_corrupted_embedded_cache_is_rebuilt_not_loaded(tmp_path, monkeypatch, tiny_model_dir):
+def test_corrupted_embedded_cache_is_rebuilt_not_loaded(tmp_path, monkeypatch, fake_converter):
     """A damaged cache for an embedded model is rebuilt through the converter, never booted."""
-    import shutil
-
     monkeypatch.setenv("EMOLIB_CACHE", str(tmp_path))
-    calls = []
-
-    def fake_convert(gguf, out_dir):
-        calls.append(gguf)
-        for p in tiny_model_dir.iterdir():
-            shutil.copy(p, out_dir / p.name)
-
-    monkeypatch.setattr(models, "convert_gguf", fake_convert)
-    monkeypatch.setattr(models.EmbeddedModel, "locate_gguf", lambda self, work: work / "fake.gguf")
+    calls = fake_converter
     d = models.ensure_embedded_cache("smollm2-135m-instruct", verbose=False)
     assert len(calls) == 1
     assert models.ensure_embedded_cache("smollm2-135m-instruct", verbose=False) == d and len(calls) == 1

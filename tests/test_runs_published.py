@@ -54,8 +54,6 @@ def test_the_check_fails_on_a_run_without_figures(tmp_path):
 
 
 @pytest.mark.parametrize("run", RUNS, ids=[r.name for r in RUNS])
-@pytest.mark.xfail(strict=True, reason="the committed runs were executed before figures reached the notebook "
-                                       "outputs (issue 11); re-running both models turns this into a pass")
 def test_committed_runs_show_their_figures(run):
     check_run_figures(run)
 
