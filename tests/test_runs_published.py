@@ -61,3 +61,19 @@ def test_committed_runs_show_their_figures(run):
 @pytest.mark.parametrize("run", RUNS, ids=[r.name for r in RUNS])
 def test_committed_runs_hold_no_temporary_paths(run):
     check_no_temporary_paths(run)
+
+
+def check_parameters_shown(run: Path) -> None:
+    """The values a chapter ran with stay on its page (collapsed), not only the source's defaults."""
+    for nb_path in sorted(run.glob("*.ipynb")):
+        cells = json.loads(nb_path.read_text())["cells"]
+        injected = [c for c in cells if "injected-parameters" in c["metadata"].get("tags", [])]
+        assert len(injected) == 1, f"{nb_path.name}: {len(injected)} injected-parameters cells"
+        tags = injected[0]["metadata"]["tags"]
+        assert "hide-input" in tags and "remove-cell" not in tags, f"{nb_path.name}: {tags}"
+        assert "model_name" in "".join(injected[0]["source"]), nb_path.name
+
+
+@pytest.mark.parametrize("run", RUNS, ids=[r.name for r in RUNS])
+def test_committed_runs_keep_the_parameters_they_ran_with(run):
+    check_parameters_shown(run)
