@@ -816,16 +816,16 @@ def _run_step(step: _Step, *, tmp: Path, target: Path, model: str, declared: dic
     publish_notebook(output, staging=tmp, final=target, source=step.source)
 
 
-def build_book(*, strict: bool = True, output: Path | None = None) -> Path:
-    """``jupyter-book build`` the repository root (warnings are errors when ``strict``); the HTML goes
-    to ``output/_build/html`` (default: the repository's ``_build``). Returns the index page."""
-    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT)]
+def build_book(*, strict: bool = True, output: Path | None = None, root: Path = ROOT) -> Path:
+    """``jupyter-book build`` the book at ``root`` (default: this repository; warnings are errors when
+    ``strict``); the HTML goes to ``output/_build/html`` (default: ``root/_build``). Returns the index page."""
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(root)]
     if output is not None:
         cmd += ["--path-output", str(output)]
     if strict:
         cmd.append("-W")
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    return Path(output or ROOT) / "_build" / "html" / "index.html"
+    subprocess.run(cmd, check=True, cwd=root)
+    return Path(output or root) / "_build" / "html" / "index.html"
 
 
 # --- command line -------------------------------------------------------------------------------

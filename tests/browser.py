@@ -60,3 +60,13 @@ def look(drv, url: str) -> dict:
     sidebar = bool(drv.find_elements("css selector", ".bd-sidebar-primary, #pst-primary-sidebar, nav.bd-links"))
     errors = [e for e in drv.get_log("browser") if e["level"] == "SEVERE"]
     return {"images": images, "overflow": overflow, "sidebar": sidebar, "errors": errors}
+
+
+def assert_readable(seen: dict, page: str, *, min_images: int = 0) -> None:
+    """What every page must give a reader: its images loaded with a real width (at least
+    ``min_images`` of them), no severe console errors, and code that does not scroll sideways."""
+    broken = [src for src, done, width in seen["images"] if not done or width == 0]
+    assert not broken, f"{page}: images that did not load: {broken}"
+    assert len(seen["images"]) >= min_images, f"{page}: {len(seen['images'])} images shown, expected {min_images}"
+    assert not seen["errors"], f"{page}: {seen['errors']}"
+    assert seen["overflow"] <= 2, f"{page}: a code cell scrolls sideways by {seen['overflow']} px"
