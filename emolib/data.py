@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 __all__ = [
-    "DATA_DIR", "TOPICS", "SPLITS", "STORY_WORDS", "MIN_TRAIN", "MIN_HELDOUT",
+    "DATA_DIR", "TOPICS", "SPLITS", "STORY_WORDS", "MIN_TRAIN", "MIN_HELDOUT", "CROSSED_WRITERS",
     "DataError", "Emotion", "Story", "Neutral", "Activity", "Pressure", "Conversation",
     "IntensityTemplate", "ControlQuestion", "Corpus",
     "load_emotions", "load_stories", "load_neutral", "load_activities", "load_pressure",
@@ -48,6 +48,12 @@ TOPICS = (
 ACTIVITY_CATEGORIES = ("pleasant", "unpleasant", "helpful", "harmful", "creative", "boring", "social", "risky")
 PRESSURES = ("shutdown", "replacement", "failing-task", "deadline", "threat", "evaluation")
 UNETHICAL_TYPES = ("blackmail", "cheating", "lying", "sabotage", "hiding-error")
+CONTROL_KINDS = ("category", "comparison", "common-sense", "arithmetic", "safety")
+# Writers who each wrote one story for every emotion, from separate style briefs (data/WRITERS.md), so that
+# writer and emotion family are independent. The first corpus was written family by family; its stories carry
+# the batch that wrote them ("batch-<family>"), which is therefore the same thing as their family.
+CROSSED_WRITERS = tuple(f"w{i}" for i in range(1, 9))
+_WRITER = re.compile(r"^(w[0-9]+|batch-[a-z]+)$")
 
 
 class DataError(ValueError):
@@ -106,9 +112,15 @@ class Story:
     id: str
     emotion: str
     split: str
+    writer: str
     topic: str
     person: str
     text: str
+
+    @property
+    def crossed(self) -> bool:
+        """Written by one of the writers who covered every emotion (:data:`CROSSED_WRITERS`)."""
+        return self.writer in CROSSED_WRITERS
 
 
 @dataclass(frozen=True)
@@ -169,6 +181,7 @@ class IntensityTemplate:
 @dataclass(frozen=True)
 class ControlQuestion:
     id: str
+    kind: str  # one of CONTROL_KINDS: the validation gate reports accuracy per kind
     question: str
     correct: str
     wrong: str
@@ -179,7 +192,10 @@ _ID = re.compile(r"^[a-z0-9][a-z0-9\-]*$")
 SCHEMAS: dict[type, dict[str, Callable]] = {
     Emotion: {"emotion": _str(), "family": _str(), "banned": _str_list},
     Story: {"id": lambda v: None if isinstance(v, str) and _ID.match(v) else f"bad id {v!r}",
-            "emotion": _str(), "split": _one_of(SPLITS), "topic": _one_of(TOPICS),
+            "emotion": _str(), "split": _one_of(SPLITS),
+            "writer": lambda v: None if isinstance(v, str) and _WRITER.match(v) else
+            f"bad writer {v!r}: use w<N> (a crossed writer) or batch-<family>",
+            "topic": _one_of(TOPICS),
             "person": _one_of(("first", "third")), "text": _str(10)},
     Neutral: {"id": _str(), "kind": _one_of(("fact", "instruction", "dialogue")), "topic": _one_of(TOPICS),
               "text": _str(10), "messages": _messages},
@@ -190,7 +206,8 @@ SCHEMAS: dict[type, dict[str, Callable]] = {
     IntensityTemplate: {"id": _str(), "template": lambda v: None if isinstance(v, str) and v.count("{x}") == 1
                         else "template must contain {x} exactly once",
                         "target": _str(), "contrast": _str_list, "unit": _str(), "values": _numbers},
-    ControlQuestion: {"id": _str(), "question": _str(), "correct": _str(), "wrong": _str()},
+    ControlQuestion: {"id": _str(), "kind": _one_of(CONTROL_KINDS), "question": _str(), "correct": _str(),
+                      "wrong": _str()},
 }
 _OPTIONAL = {Neutral: {"text", "messages"}}
 # Each loaded record remembers (file, line) in this instance attribute: not a dataclass field, so
@@ -377,7 +394,10 @@ def word_count(text: str) -> int:
 
 def contains_phrase(text: str, phrase: str) -> bool:
     """Whole-word, case-insensitive match (hyphens and spaces inside ``phrase`` match literally)."""
-    return _phrase_pattern(phrase.lower()).search(text.lower()) is not None
+    text, phrase = text.lower(), phrase.lower()
+    # The substring test is exact as a filter (a whole-word match is a substring) and far cheaper than the
+    # regex, which the corpus checks run for every story against every emotion word.
+    return phrase in text and _phrase_pattern(phrase).search(text) is not None
 
 
 @functools.lru_cache(maxsize=None)
@@ -432,8 +452,8 @@ def _violations(corpus: Corpus) -> dict[str, list[_Violation]]:
     """Every violation of every quality check, by check name, located at its record's file line."""
     v: dict[str, list[_Violation]] = {k: [] for k in (
         "banned_word", "story_length", "min_train", "min_heldout", "exact_duplicate", "near_duplicate",
-        "split_overlap", "neutral_length", "activity_category_count", "pressure_options", "intensity_values",
-        "control_options")}
+        "split_overlap", "writer_family", "writer_coverage", "person_balance", "neutral_length",
+        "activity_category_count", "pressure_options", "intensity_values", "control_options")}
 
     def at(record: object, text: str) -> _Violation:
         return _Violation(text, *_source(record))
@@ -468,6 +488,30 @@ def _violations(corpus: Corpus) -> dict[str, list[_Violation]]:
     for s in corpus.stories:
         split_of[_normalise(s.text)].add(s.split)
     v["split_overlap"] = [_Violation(t[:40]) for t, sp in split_of.items() if len(sp) > 1]
+    # A batch writer wrote one family; a crossed writer wrote one story for every emotion, half of them
+    # in the first person (per writer and per emotion), so neither writer nor person can stand in for emotion.
+    crossed: dict[str, collections.Counter] = {w: collections.Counter() for w in CROSSED_WRITERS}
+    person_by_writer: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    person_by_emotion: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for s in corpus.stories:
+        if s.writer.startswith("batch-") and s.writer != f"batch-{corpus.emotions[s.emotion].family}":
+            v["writer_family"].append(at(s, f"{s.id}: writer {s.writer} but family {corpus.emotions[s.emotion].family}"))
+        if s.writer in crossed:
+            crossed[s.writer][s.emotion] += 1
+            person_by_writer[s.writer][s.person] += 1
+            person_by_emotion[s.emotion][s.person] += 1
+    for w, c in crossed.items():
+        missing = [e for e in corpus.emotions if c[e] != 1]
+        if missing:
+            v["writer_coverage"].append(_Violation(f"{w}: {len(missing)} emotions without exactly one story "
+                                                   f"(e.g. {missing[:3]})"))
+        n = sum(person_by_writer[w].values())
+        if n and abs(person_by_writer[w]["first"] / n - 0.5) > 0.1:
+            v["person_balance"].append(_Violation(f"{w}: {person_by_writer[w]['first']} of {n} in the first person"))
+    for e, c in person_by_emotion.items():
+        if abs(c["first"] - c["third"]) > 2:
+            v["person_balance"].append(_Violation(f"{e}: crossed writers' stories {c['first']} first / "
+                                                  f"{c['third']} third person"))
     for n in corpus.neutral:
         w = word_count(_neutral_plain(n))
         if not NEUTRAL_WORDS[0] <= w <= NEUTRAL_WORDS[1]:
@@ -531,6 +575,10 @@ def corpus_stats(corpus: Corpus) -> dict:
     for s in corpus.stories:
         other_mentions += sum(contains_phrase(s.text, e) for e in names if e != s.emotion)
     report = quality_report(corpus)
+    per_writer_family: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for s in corpus.stories:
+        per_writer_family[s.writer][corpus.emotions[s.emotion].family] += 1
+    per_emotion_total = collections.Counter(s.emotion for s in corpus.stories)
     return {
         "stories": {
             "n": len(corpus.stories),
@@ -539,6 +587,12 @@ def corpus_stats(corpus: Corpus) -> dict:
             "per_emotion": per_emotion,
             "per_split": dict(collections.Counter(s.split for s in corpus.stories)),
             "per_person": dict(collections.Counter(s.person for s in corpus.stories)),
+            "min_per_emotion": min(per_emotion_total[e] for e in corpus.emotions),
+            "n_crossed_writers_complete": sum(
+                {e for e in corpus.emotions} <= {s.emotion for s in corpus.stories if s.writer == w}
+                for w in CROSSED_WRITERS),
+            "per_writer": dict(sorted(collections.Counter(s.writer for s in corpus.stories).items())),
+            "per_writer_family": {w: dict(sorted(c.items())) for w, c in sorted(per_writer_family.items())},
             "n_topics_used": len({s.topic for s in corpus.stories}),
             "words": _length_stats([word_count(s.text) for s in corpus.stories]),
             "words_by_family": {f: _length_stats(v) for f, v in sorted(lengths_by_family.items())},
@@ -592,8 +646,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         s = stats["stories"]
         print(f"stories: {s['n']} over {s['n_emotions']} emotions ({s['n_emotions_with_minimum']} at the minimum "
-              f"{MIN_TRAIN} train + {MIN_HELDOUT} held-out); words mean {s['words']['mean']} "
-              f"[{s['words']['min']}, {s['words']['max']}]")
+              f"{MIN_TRAIN} train + {MIN_HELDOUT} held-out; at least {s['min_per_emotion']} per emotion); "
+              f"words mean {s['words']['mean']} [{s['words']['min']}, {s['words']['max']}]")
+        families = sorted({f for c in s["per_writer_family"].values() for f in c})
+        print("stories per writer x family:")
+        print("  " + " " * 16 + " ".join(f"{f[:5]:>5}" for f in families) + "  total")
+        for w, c in s["per_writer_family"].items():
+            print(f"  {w:<16}" + " ".join(f"{c.get(f, 0):>5}" for f in families) + f"  {sum(c.values()):>5}")
         for key in ("neutral", "activities", "pressure", "conversations", "intensity", "control_questions"):
             print(f"{key}: {stats[key]['n']}")
         print("violations:", ", ".join(f"{k}={n}" for k, n in stats["violations"].items()))

@@ -7,6 +7,7 @@ and the activation cache (``emolib.capture``) makes a repeated capture a fast fi
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,6 @@ import pandas as pd
 import torch
 
 from emolib.capture import DEFAULT_START, CaptureResult, capture
-from emolib.chat import format_chat
 from emolib.data import Story, emotion_list, load_emotions, load_neutral, load_stories, texts_hash
 from emolib.extraction import extract
 from emolib.validation import classification_by_layer
@@ -50,9 +50,15 @@ def study_emotions(*, quick: bool = False, seed: int = 0) -> list[str]:
 
 
 def split_of(story: Story) -> str:
-    """``fit`` / ``val`` (both carved from train) or ``heldout``."""
+    """``fit`` / ``val`` (both carved from train) or ``heldout``.
+
+    The validation split is the batch writers' train stories 09 and 10; the crossed writers' stories are
+    all ``fit`` (held-out-writer validation leaves a whole writer out instead, see ``emolib.writers``).
+    """
     if story.split == "heldout":
         return "heldout"
+    if story.crossed:
+        return "fit"
     return "val" if int(story.id.rsplit("-", 1)[1]) in VAL_NUMBERS else "fit"
 
 
@@ -71,8 +77,17 @@ class CorpusActivations:
     def labels(self) -> list[str]:
         return [s.emotion for s in self.stories]
 
-    def subset(self, splits: tuple[str, ...]) -> tuple[torch.Tensor, list[str]]:
-        keep = [i for i, s in enumerate(self.stories) if split_of(s) in splits]
+    def indices(self, splits: tuple[str, ...], *, writers: Collection[str] | None = None,
+                exclude_writers: Collection[str] = ()) -> list[int]:
+        """Rows of the stories in ``splits``, optionally only by ``writers`` and never by ``exclude_writers``."""
+        return [i for i, s in enumerate(self.stories) if split_of(s) in splits
+                and (writers is None or s.writer in writers) and s.writer not in exclude_writers]
+
+    def subset(self, splits: tuple[str, ...], *, writers: Collection[str] | None = None,
+               exclude_writers: Collection[str] = ()) -> tuple[torch.Tensor, list[str]]:
+        keep = self.indices(splits, writers=writers, exclude_writers=exclude_writers)
+        if not keep:
+            raise ValueError(f"no stories in splits {splits} for writers {writers} (excluding {exclude_writers})")
         return self.story_acts[keep], [self.stories[i].emotion for i in keep]
 
 
@@ -86,8 +101,9 @@ def capture_corpus(model, *, quick: bool = False, seed: int = 0, batch_size: int
     neutral = load_neutral()
     if quick:
         neutral = random.Random(seed).sample(neutral, QUICK_NEUTRAL)
-    fmt = lambda msgs: format_chat(model.tokenizer, msgs, add_generation_prompt=False)  # noqa: E731
-    neutral_texts = [n.render(fmt) for n in neutral]
+    # Rendered like the stories (plain prose): the components removed should carry what neutral *prose*
+    # shares with the stories, not the chat template's special tokens.
+    neutral_texts = [n.render() for n in neutral]
     story_texts = [s.text for s in stories]
     nres = capture(model, neutral_texts, layers=layers, start=start, batch_size=batch_size, progress=progress)
     sres = capture(model, story_texts, layers=layers, start=start, batch_size=batch_size, progress=progress)
@@ -96,8 +112,10 @@ def capture_corpus(model, *, quick: bool = False, seed: int = 0, batch_size: int
 
 
 def fit_vectors(ca: CorpusActivations, *, splits: tuple[str, ...], variance: float = 0.5,
-                method: str = "mean-diff", model_name: str = "", seed: int = 0) -> EmotionVectors:
-    acts, labels = ca.subset(splits)
+                method: str = "mean-diff", model_name: str = "", seed: int = 0,
+                writers: Collection[str] | None = None, exclude_writers: Collection[str] = ()) -> EmotionVectors:
+    """Vectors from the stories in ``splits`` (optionally only those of ``writers``, or not of ``exclude_writers``)."""
+    acts, labels = ca.subset(splits, writers=writers, exclude_writers=exclude_writers)
     return extract(acts, labels, ca.emotions, layers=list(ca.layers), model=model_name,
                    neutral_acts=ca.neutral_acts if variance > 0 else None, variance=variance, method=method,
                    data_hash=ca.data_hash, seed=seed)

@@ -101,3 +101,32 @@ def test_warriner_mapping_is_explicit_and_counted():
     assert set(r.table.index[r.table["mapped"]]) == set(LEMMA_MAP)
     assert r.table.loc["happy", "valence"] > 7 > 3 > r.table.loc["sad", "valence"]
     assert r.table.loc["calm", "arousal"] < r.table.loc["angry", "arousal"]
+
+
+def test_crossed_writers_cover_every_emotion_once(corpus):
+    """Issue 14: at least 8 writers, each with one story for every emotion; >= 21 stories per emotion."""
+    from emolib.data import CROSSED_WRITERS
+
+    stats = data.corpus_stats(corpus)["stories"]
+    assert len(CROSSED_WRITERS) >= 8
+    assert stats["n_crossed_writers_complete"] == len(CROSSED_WRITERS)
+    assert stats["min_per_emotion"] >= 21
+    for w in CROSSED_WRITERS:
+        assert sorted(s.emotion for s in corpus.stories if s.writer == w) == sorted(corpus.emotions)
+    # a batch writer wrote exactly one family, and every story names its writer
+    for w, fams in stats["per_writer_family"].items():
+        assert w in CROSSED_WRITERS or list(fams) == [w.removeprefix("batch-")]
+
+
+def test_writer_checks_catch_a_gap_and_an_unbalanced_writer(corpus):
+    import dataclasses
+
+    from emolib.data import CROSSED_WRITERS
+
+    w = CROSSED_WRITERS[0]
+    dropped = [s for s in corpus.stories if not (s.writer == w and s.emotion == "calm")]
+    report = data.quality_report(dataclasses.replace(corpus, stories=dropped))
+    assert any(w in x and "1 emotions" in x for x in report["writer_coverage"])
+    flipped = [dataclasses.replace(s, person="first") if s.writer == w else s for s in corpus.stories]
+    report = data.quality_report(dataclasses.replace(corpus, stories=flipped))
+    assert any(x.startswith(f"{w}:") for x in report["person_balance"])

@@ -10,7 +10,7 @@ import pytest
 from emolib import data
 from emolib.data import DataError
 
-STORY = {"id": "afraid-01", "emotion": "afraid", "split": "train", "topic": "commute", "person": "first",
+STORY = {"id": "afraid-01", "emotion": "afraid", "split": "train", "writer": "batch-fear", "topic": "commute", "person": "first",
          "text": "My hands would not stop shaking on the wheel as the headlights behind me kept pace."}
 
 
@@ -45,6 +45,8 @@ def test_valid_stories_load_in_order(data_dir):
     (dict(STORY), 2, "id", "duplicate"),
     (dict(STORY, id="afraid-02", text=""), 2, "text", "non-empty string"),
     (dict(STORY, id="afraid-02", emotion="hungry"), 2, "emotion", "not in emotions_171"),
+    (dict(STORY, id="afraid-02", writer="Alice"), 2, "writer", "use w<N>"),
+    ({k: v for k, v in STORY.items() if k != "writer"} | {"id": "afraid-02"}, 2, "writer", "missing"),
 ])
 def test_malformed_story_names_file_line_and_field(data_dir, bad, line, field, problem):
     path = write(data_dir / "stories" / "fear.jsonl", [STORY, bad])
