@@ -1,92 +1,125 @@
-"""Capture throughput on the default model, against a plain Hugging Face forward pass with logits.
+"""Capture throughput: the book's capture against a plain Hugging Face body pass, in float32 and bfloat16.
 
-    .venv/bin/python benchmarks/capture_throughput.py [--model gemma-3-270m] [--batches 6]
+    .venv/bin/python benchmarks/capture_throughput.py [--models gemma-3-270m,smollm2-135m-instruct] [--rounds 3]
 
-Target (issue 4): full-depth capture >= 1.2x the plain forward pass (it skips the unembedding),
-single-layer capture faster still. Also prints achieved FLOP/s as a fraction of this machine's
-measured dense float32 matmul FLOP/s. Same batches, same sequence lengths, warm-up excluded.
+Targets (issue 13), each a ratio of times measured side by side in one run (configurations interleaved
+round by round, median over rounds, warm-up excluded), on the same texts and batches:
+
+- capture at every layer vs a plain HF body pass without logits, same dtype: >= 1.0x;
+- capture in the default dtype (``auto``: bfloat16 where the CPU computes it natively) vs the float32
+  HF body pass: >= 2.0x;
+- capture FLOP/s as a fraction of this machine's measured matmul peak in the same dtype.
+
+Exit status 1 when a target is missed (so the numbers can gate a change), 0 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 import time
 
 import torch
 
 from emolib.capture import _forward_batch, tokenize
 from emolib.data import load_stories
-from emolib.models import load_model
+from emolib.models import dtype_name, load_model, resolve_dtype
 
 
-def matmul_flops(n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
+def matmul_flops(dtype: torch.dtype, *, m: int = 2048, k: int = 640, n: int = 2048, reps: int = 20) -> float:
+    """Dense matmul FLOP/s in ``dtype`` at the shapes of a small model's projections."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
     t0 = time.perf_counter()
     for _ in range(reps):
         a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+    return 2 * m * k * n * reps / (time.perf_counter() - t0)
 
 
-def timed(fn, reps: int) -> float:
-    fn()  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps
+def padded(batch: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    w = max(map(len, batch))
+    toks = torch.full((len(batch), w), pad)
+    mask = torch.zeros(len(batch), w, dtype=torch.long)
+    for i, b in enumerate(batch):
+        toks[i, : len(b)] = torch.tensor(b)
+        mask[i, : len(b)] = 1
+    return toks, mask
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="gemma-3-270m")
-    ap.add_argument("--batches", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=16)
-    args = ap.parse_args()
-    model = load_model(args.model, device="cpu")
-    cfg = model.cfg
-    texts = [s.text for s in load_stories()][: args.batches * args.batch_size]
-    ids = tokenize(model, texts)
-    batches = [ids[i: i + args.batch_size] for i in range(0, len(ids), args.batch_size)]
+def bench_model(name: str, *, n_texts: int, batch_size: int, rounds: int) -> dict:
+    default = dtype_name(resolve_dtype("auto", device="cpu"))
+    models = {d: load_model(name, device="cpu", dtype=d) for d in ("float32", "bfloat16")}
+    any_model = models["float32"]
+    texts = [s.text for s in load_stories()][:n_texts]
+    ids = sorted(tokenize(any_model, texts), key=len)   # as capture does: length order keeps padding small
+    batches = [ids[i: i + batch_size] for i in range(0, len(ids), batch_size)]
     n_tokens = sum(map(len, ids))
-    pad = model.tokenizer.pad_token_id or 0
+    pad = any_model.tokenizer.pad_token_id or 0
+    prepared = [padded(b, pad) for b in batches]
+    layers = tuple(range(any_model.cfg.n_layers))
 
-    def padded(batch):
-        w = max(map(len, batch))
-        toks = torch.full((len(batch), w), pad)
-        mask = torch.zeros(len(batch), w, dtype=torch.long)
-        for i, b in enumerate(batch):
-            toks[i, : len(b)] = torch.tensor(b)
-            mask[i, : len(b)] = 1
-        return toks, mask
+    def hf_body(d):
+        body = models[d].original_model.model     # the transformer without the unembedding
 
-    hf = model.original_model
-    prepared = [padded(b) for b in batches]
+        def run():
+            with torch.no_grad():
+                for toks, mask in prepared:
+                    body(input_ids=toks, attention_mask=mask)
+        return run
 
-    def hf_forward():
-        with torch.no_grad():
-            for toks, mask in prepared:
-                hf(input_ids=toks, attention_mask=mask)
+    def capture_all(d):
+        return lambda: [_forward_batch(models[d], b, layers, "mean", 10) for b in batches]
 
-    all_layers = tuple(range(cfg.n_layers))
-    mid = (cfg.n_layers // 2,)
-    t_hf = timed(hf_forward, 1)
-    t_all = timed(lambda: [_forward_batch(model, b, all_layers, "mean", 10) for b in batches], 1)
-    t_mid = timed(lambda: [_forward_batch(model, b, mid, "mean", 10) for b in batches], 1)
-
+    configs = {f"hf_body_{d}": hf_body(d) for d in models} | {f"capture_{d}": capture_all(d) for d in models}
+    for fn in configs.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in configs}
+    for _ in range(rounds):
+        for k, fn in configs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    t = {k: statistics.median(v) for k, v in times.items()}
+    hf = any_model.original_model
     block_params = sum(p.numel() for n, p in hf.named_parameters() if ".layers." in n)
-    flops_all = 2 * block_params * n_tokens
-    flops_hf = flops_all + 2 * cfg.d_model * cfg.d_vocab * n_tokens
-    peak = matmul_flops()
-    print(f"model {args.model}: {cfg.n_layers} layers, d_model {cfg.d_model}, vocab {cfg.d_vocab}; "
-          f"{len(batches)} batches x {args.batch_size}, {n_tokens} tokens; threads {torch.get_num_threads()}")
-    print(f"plain HF forward with logits : {n_tokens / t_hf:8.0f} tokens/s  ({flops_hf / t_hf / 1e9:.1f} GFLOP/s)")
-    print(f"capture, all {cfg.n_layers} layers      : {n_tokens / t_all:8.0f} tokens/s  ({flops_all / t_all / 1e9:.1f} GFLOP/s)")
-    print(f"capture, layer {mid[0]} only        : {n_tokens / t_mid:8.0f} tokens/s")
-    print(f"ratio all-layer capture / HF forward : {t_hf / t_all:.2f}x (target >= 1.2x)")
-    print(f"ratio single-layer / all-layer       : {t_all / t_mid:.2f}x")
-    print(f"dense fp32 matmul peak               : {peak / 1e9:.1f} GFLOP/s; capture achieves "
-          f"{flops_all / t_all / peak:.0%} of it, the HF forward {flops_hf / t_hf / peak:.0%}")
+    flops = 2 * block_params * n_tokens
+    peak = {d: matmul_flops(resolve_dtype(d)) for d in models}
+    return {"name": name, "default": default, "n_tokens": n_tokens, "t": t, "flops": flops, "peak": peak,
+            "attn": hf.config._attn_implementation, "n_layers": len(layers)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="gemma-3-270m,smollm2-135m-instruct")
+    ap.add_argument("--texts", type=int, default=48)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args(argv)
+    ok = True
+    print(f"threads {torch.get_num_threads()}; default dtype here: {dtype_name(resolve_dtype('auto', device='cpu'))}")
+    for name in args.models.split(","):
+        r = bench_model(name, n_texts=args.texts, batch_size=args.batch_size, rounds=args.rounds)
+        t, n = r["t"], r["n_tokens"]
+        d = r["default"]
+        print(f"\n{name}: {r['n_layers']} layers, {n} tokens in {args.texts} stories, batches of {args.batch_size}, "
+              f"attention {r['attn']}, median of {args.rounds} interleaved rounds")
+        for k in ("hf_body_float32", "capture_float32", "hf_body_bfloat16", "capture_bfloat16"):
+            dt = k.rsplit("_", 1)[1]
+            print(f"  {k:<18} {n / t[k]:7.0f} tokens/s  {r['flops'] / t[k] / 1e9:6.1f} GFLOP/s = "
+                  f"{r['flops'] / t[k] / r['peak'][dt]:4.0%} of the {dt} matmul peak ({r['peak'][dt] / 1e9:.0f} GFLOP/s)")
+        checks = [
+            ("capture / HF body, float32", t["hf_body_float32"] / t["capture_float32"], 1.0),
+            ("capture / HF body, bfloat16", t["hf_body_bfloat16"] / t["capture_bfloat16"], 1.0),
+            (f"capture in the default dtype ({d}) / HF body float32", t["hf_body_float32"] / t[f"capture_{d}"], 2.0),
+        ]
+        for label, ratio, target in checks:
+            met = ratio >= target
+            ok &= met
+            print(f"  {label:<52} {ratio:5.2f}x  (target >= {target:.1f}x: {'met' if met else 'MISSED'})")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

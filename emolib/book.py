@@ -57,7 +57,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "book" / "runs"
 NOTEBOOKS = ROOT / "notebooks"
 DEFAULT_MODEL = "gemma-3-270m"
-DTYPES = ("float32", "bfloat16")
+# "auto": bfloat16 where the device computes it natively (a CPU with AVX-512 BF16 or AMX, CUDA), float32
+# elsewhere. It is resolved before anything runs, so chapters and run keys record the dtype actually used.
+DTYPES = ("auto", "float32", "bfloat16")
 # Parameters the runner sets from its own flags; a --param for one of them is refused, naming the flag.
 RESERVED = {"model_name": "--model", "run_dir": "--out", "device": "--device", "dtype": "--dtype", "quick": "--quick"}
 QUICK_SUFFIX = "-quick"
@@ -757,6 +759,10 @@ def run_chapters(model: str, *, quick: bool = False, out: Path | None = None,
         _check_chapter_list(chapters)
         if dtype not in DTYPES:
             raise RunRefused(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        if dtype == "auto":
+            from emolib.models import dtype_name, resolve_dtype
+
+            dtype = dtype_name(resolve_dtype("auto", device=device))
         _refuse_reserved(overrides)
         out = _runs_folder(out)
         target = out / run_folder(model, quick=quick)
@@ -865,8 +871,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="where the model runs: auto (a GPU when torch sees one, else the CPU), cpu, cuda, "
                         "cuda:1, mps (default: %(default)s)")
     r.add_argument("--dtype", choices=DTYPES, default=DTYPES[0],
-                   help="the model's weights and activations (default: %(default)s; bfloat16 halves the memory, "
-                        "on a GPU)")
+                   help="the model's compute dtype (default: %(default)s = bfloat16 where the device runs it "
+                        "natively, as CPUs with AVX-512 BF16 and CUDA GPUs do, else float32); statistics are "
+                        "always accumulated in float32 or wider")
     r.add_argument("--chapters", default=None, metavar="NAME[,NAME...]",
                    help="run only these chapters (default: all); the others' files are kept from the last run")
     r.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",

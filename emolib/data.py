@@ -606,8 +606,26 @@ def corpus_stats(corpus: Corpus) -> dict:
         "conversations": {"n": len(corpus.conversations)},
         "intensity": {"n": len(corpus.intensity), "min_values": min(len(t.values) for t in corpus.intensity)},
         "control_questions": {"n": len(corpus.control_questions)},
+        "style": _style_summary(corpus),
         "violations": {k: len(x) for k, x in report.items()},
     }
+
+
+def _style_summary(corpus: Corpus) -> dict:
+    """The style audit (``emolib.style``): each covariate's r with valence and arousal per story set,
+    and each writer's mean covariates. An r is None where the covariate is constant over emotions."""
+    from emolib.ratings import load_ratings
+    from emolib.style import COVARIATES, MAX_ABS_R, story_style, style_audit, style_confounds
+
+    audit = style_audit(corpus.stories, load_ratings(list(corpus.emotions)).table)
+    out: dict = {"max_abs_r": MAX_ABS_R, "confounds": style_confounds(audit), "n_rated": int(audit.n_emotions.iloc[0])}
+    for r in audit.itertuples():
+        out.setdefault(r.stories, {})[r.covariate] = {
+            dim: (None if getattr(r, f"{dim}_r") != getattr(r, f"{dim}_r") else round(float(getattr(r, f"{dim}_r")), 3))
+            for dim in ("valence", "arousal")}
+    per_writer = story_style(corpus.stories).groupby("writer")[list(COVARIATES)].mean()
+    out["per_writer"] = {w: {c: round(float(v), 3) for c, v in row.items()} for w, row in per_writer.iterrows()}
+    return out
 
 
 def texts_hash(texts: list[str]) -> str:

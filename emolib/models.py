@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import ssl
 import sys
 import tempfile
@@ -39,7 +40,7 @@ __all__ = [
     "embedded_cache_dir",
     "ensure_embedded_cache",
     "resolve_device",
-    "resolve_dtype",
+    "resolve_dtype", "native_bf16", "dtype_name",
     "load_model",
     "model_info",
     "main",
@@ -172,13 +173,39 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def native_bf16(device: str | torch.device = "auto") -> bool:
+    """Does ``device`` compute in bfloat16 natively (CUDA with bf16 support; a CPU with AVX-512 BF16 or AMX)?
+
+    Where it does, bfloat16 matmuls run at about twice the float32 rate; elsewhere they are emulated and
+    slower, so ``dtype="auto"`` keeps float32 there.
+    """
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if dev.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def resolve_dtype(dtype: str | torch.dtype, *, device: str | torch.device = "auto") -> torch.dtype:
+    """A torch dtype from a name; ``"auto"`` is bfloat16 where ``device`` runs it natively, else float32."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
     try:
         return _DTYPES[dtype]
     except KeyError:
-        raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
+        raise ValueError(f"Unknown dtype {dtype!r}; use 'auto' or one of {sorted(_DTYPES)}") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``."""
+    return str(dtype).removeprefix("torch.")
 
 
 def _sha256(path: Path) -> str:
@@ -398,7 +425,7 @@ def _resolve_source(name: str) -> tuple[str, str]:
 
 
 def load_model(name: str = "gemma-3-270m", *, device: str | torch.device = "auto",
-               dtype: str | torch.dtype = "float32"):
+               dtype: str | torch.dtype = "auto"):
     """Load ``name`` as a TransformerLens ``TransformerBridge`` (with ``.tokenizer``), in eval mode.
 
     ``name`` is an embedded model (see :data:`EMBEDDED_MODELS`), a local Hugging Face directory, a
@@ -415,7 +442,7 @@ def load_model(name: str = "gemma-3-270m", *, device: str | torch.device = "auto
 
     hf_logging.disable_progress_bar()  # per-tensor loading bars would fill every chapter's output
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype)
+    dt = resolve_dtype(dtype, device=dev)
     kind, location = _resolve_source(name)
     try:
         bridge = TransformerBridge.boot_transformers(location, device=dev, dtype=dt)

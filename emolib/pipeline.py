@@ -72,6 +72,7 @@ class CorpusActivations:
     story_capture: CaptureResult
     neutral_capture: CaptureResult
     data_hash: str
+    neutral_texts: tuple[str, ...] = ()   # the rows of neutral_acts, as the model read them
 
     @property
     def labels(self) -> list[str]:
@@ -108,7 +109,7 @@ def capture_corpus(model, *, quick: bool = False, seed: int = 0, batch_size: int
     nres = capture(model, neutral_texts, layers=layers, start=start, batch_size=batch_size, progress=progress)
     sres = capture(model, story_texts, layers=layers, start=start, batch_size=batch_size, progress=progress)
     return CorpusActivations(emotions, stories, sres.activations, nres.activations, sres.layers, sres, nres,
-                             texts_hash(story_texts + neutral_texts))
+                             texts_hash(story_texts + neutral_texts), tuple(neutral_texts))
 
 
 def fit_vectors(ca: CorpusActivations, *, splits: tuple[str, ...], variance: float = 0.5,

@@ -58,7 +58,10 @@ class WriterValidation:
                 row.update({k: float(per_emotion.mean()), f"{k}_lo": lo, f"{k}_hi": hi,
                             f"{k}_writer_min": float(per_writer.min()), f"{k}_writer_max": float(per_writer.max())})
             rows.append(row)
-        return pd.DataFrame(rows)
+        df = pd.DataFrame(rows)
+        E = len(self.emotions)
+        df["chance_top1"], df["chance_top5"] = 1 / E, min(5, E) / E
+        return df
 
     def per_writer(self, layer: int) -> pd.DataFrame:
         """Top-1 and top-5 of each held-out writer at ``layer``."""

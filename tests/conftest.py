@@ -56,19 +56,22 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_model(tiny_model_dir):
     from emolib.models import load_model
 
-    return load_model(str(tiny_model_dir), device="cpu")
+    return load_model(str(tiny_model_dir), device="cpu", dtype="float32")
 
 
 _real_models: dict = {}
 
 
-def real_model(name: str):
-    """Load an embedded model once per test session (the first load may convert its GGUF)."""
+def real_model(name: str, *, dtype: str = "float32"):
+    """Load an embedded model once per test session and dtype (the first load may convert its GGUF).
+
+    Float32 unless asked: tests compare with exact references, and must mean the same on a CI machine
+    whose CPU has no native bfloat16 (where ``dtype="auto"`` would differ)."""
     from emolib.models import load_model
 
-    if name not in _real_models:
-        _real_models[name] = load_model(name, device="cpu")
-    return _real_models[name]
+    if (name, dtype) not in _real_models:
+        _real_models[name, dtype] = load_model(name, device="cpu", dtype=dtype)
+    return _real_models[name, dtype]
 
 
 @pytest.fixture(scope="session", params=EMBEDDED)

@@ -496,8 +496,28 @@ def test_publish_names_the_run_folder_relative_to_the_repository(tmp_path):
     assert out.cells[1].outputs[0].text == "book/runs/m/a.png book/runs/m/b.png ../m\n"
 
 
+def test_auto_dtype_is_resolved_before_the_chapters_see_it(tmp_path, monkeypatch):
+    """The chapters (and so the run keys) receive the dtype actually used, never the word "auto"."""
+    from emolib import models
+
+    nbdir = tmp_path / "nb"
+    write_chapter(nbdir, "c_dt", parameters="""
+        run_dir = "."
+        dtype = "float32"
+        """, body="""
+        import json
+        from pathlib import Path
+        Path(run_dir, "d.json").write_text(json.dumps(dtype))
+        """)
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(models, "native_bf16", lambda device="auto", _n=native: _n)
+        target = run_chapters("tiny/model", out=tmp_path / f"runs-{native}", notebooks_dir=nbdir,
+                              chapters=(Chapter("c_dt"),), dtype="auto")
+        assert json.loads((target / "d.json").read_text()) == expected
+
+
 def test_dtype_is_checked_and_offered_on_the_command_line(tmp_path, capsys):
-    with pytest.raises(RunRefused, match="dtype 'float16' is not one of float32, bfloat16"):
+    with pytest.raises(RunRefused, match="dtype 'float16' is not one of auto, float32, bfloat16"):
         run(tmp_path, dtype="float16")
     with pytest.raises(SystemExit):
         book.main(["run", "--dtype", "float16"])
@@ -585,7 +605,7 @@ def test_run_help_lists_chapters_flags_and_how_to_see_parameters(capsys):
     for ch in book.CHAPTERS:
         assert ch.name in text
     for words in ("python -m emolib.book params", "--param alphas=0,0.1", "a GPU when torch sees one",
-                  "do not build the HTML book", "--dtype {float32,bfloat16}", "hub id", "book/runs/<model>-quick/"):
+                  "do not build the HTML book", "--dtype {auto,float32,bfloat16}", "hub id", "book/runs/<model>-quick/"):
         assert words in " ".join(text.split()), words
 
 

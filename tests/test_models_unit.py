@@ -27,6 +27,28 @@ def test_resolve_device_auto_and_cuda_error(monkeypatch):
         models.resolve_device("cuda")
 
 
+def test_auto_dtype_is_bfloat16_only_where_native(monkeypatch):
+    monkeypatch.setattr(models, "native_bf16", lambda device="auto": True)
+    assert models.resolve_dtype("auto", device="cpu") is torch.bfloat16
+    monkeypatch.setattr(models, "native_bf16", lambda device="auto": False)
+    assert models.resolve_dtype("auto", device="cpu") is torch.float32
+    assert models.dtype_name(torch.bfloat16) == "bfloat16"
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
+    real = models.Path
+
+    def fake_path(flags):
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"flags\t\t: fpu sse2 avx2 {flags}\n")
+        return lambda p, *a: info if str(p) == "/proc/cpuinfo" else real(p, *a)
+
+    monkeypatch.setattr(models, "Path", fake_path("avx512f avx512_bf16"))
+    assert models.native_bf16("cpu")
+    monkeypatch.setattr(models, "Path", fake_path("avx512f"))
+    assert not models.native_bf16("cpu")
+
+
 def test_resolve_dtype():
     assert models.resolve_dtype("bf16") is torch.bfloat16
     assert models.resolve_dtype(torch.float16) is torch.float16

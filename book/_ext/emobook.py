@@ -51,6 +51,8 @@ def _lookup(obj, path: str):
 
 
 def _format(value, spec: str) -> str:
+    if value is None:
+        return "n/a"   # a statistic that is undefined (say, a correlation with a constant)
     if spec == "ntrue":
         return str(sum(bool(v) for v in (value.values() if isinstance(value, dict) else value)))
     if spec == "len":
