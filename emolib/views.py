@@ -133,7 +133,7 @@ def steered_examples(grid: pd.DataFrame, *, prompts: Sequence[str], unit: str = 
         sub = grid[grid.emotion == e]
         for a in sorted(sub.alpha.unique()):
             at = sub[sub.alpha == a]
-            rows.append(f'<tr><td class="a">{unit} {a:+g}</td>{"".join(cell(at, p) for p in used)}</tr>')
+            rows.append(f'<tr><td class="a">{html.escape(unit)} {a:+g}</td>{"".join(cell(at, p) for p in used)}</tr>')
         table = f'<table class="emo-steer"><tr><th class="a"></th>{head}</tr>{"".join(rows)}</table>'
         panels.append(("random (control)" if e == "random" else e, table))
     return tabs(panels, caption="pick a steering direction; each row is one strength, each column one prompt")

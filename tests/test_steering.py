@@ -41,7 +41,8 @@ def test_steering_adds_the_scaled_unit_vector_and_unhooks(tiny_model, vecs):
     v = added[1]
     assert torch.allclose(v.norm(), torch.tensor(0.5 * 4.0), atol=1e-5)
     diff = cache["blocks.1.hook_resid_post"] - clean["blocks.1.hook_resid_post"]
-    assert torch.allclose(diff[0], v.expand_as(diff[0]), atol=1e-5)
+    assert torch.allclose(diff[0, 1:], v.expand_as(diff[0, 1:]), atol=1e-5)
+    assert diff[0, 0].abs().max() == 0, "BOS is never steered"
     assert not torch.allclose(base, steered)
 
 
@@ -91,12 +92,17 @@ def test_position_modes_touch_exactly_their_positions(tiny_model, vecs):
 
     clean = resid()
     moved = lambda r: (r - clean).norm(dim=-1) > 1e-6  # noqa: E731
-    assert moved(resid(positions="all")).all()
-    assert moved(resid(positions="prompt", prompt_len=4)).tolist() == [True] * 4 + [False] * (n - 4)
+    assert moved(resid(positions="all")).tolist() == [False] + [True] * (n - 1)  # BOS never
+    assert moved(resid(positions="prompt", prompt_len=4)).tolist() == [False] + [True] * 3 + [False] * (n - 4)
     assert moved(resid(positions="generated", prompt_len=4)).tolist() == [False] * 4 + [True] * (n - 4)
+    assert moved(resid(positions="generated", prompt_len=0)).tolist() == [False] + [True] * (n - 1)
     mask = torch.zeros(n, dtype=torch.bool)
     mask[2:5] = True
     assert moved(resid(positions=mask)).tolist() == mask.tolist()
+    # a mask that includes BOS still leaves it alone, in both mask shapes
+    everything = torch.ones(n, dtype=torch.bool)
+    assert moved(resid(positions=everything)).tolist() == [False] + [True] * (n - 1)
+    assert moved(resid(positions=everything[None, :])).tolist() == [False] + [True] * (n - 1)
 
 
 def test_batched_steering_equals_one_by_one(tiny_model, vecs):
@@ -111,6 +117,59 @@ def test_batched_steering_equals_one_by_one(tiny_model, vecs):
         alone = [tiny_model(torch.tensor([x])) for x in ids]
     for k, x in enumerate(ids):
         torch.testing.assert_close(together[k, : len(x)], alone[k][0], atol=1e-4, rtol=1e-4)
+
+
+def test_staged_vector_units_and_wrapper_agree(tiny_model, vecs):
+    from emolib.steering import Span, SteeringVector, StrengthUnits
+
+    units = StrengthUnits(layer=1, residual_norm=4.0, vector_norm=0.5)
+    assert units.vector_multiple(0.25) == pytest.approx(2.0)
+    assert units.alpha_for_multiple(2.0) == pytest.approx(0.25)
+    vec = SteeringVector.from_emotions(vecs, "calm", layer=1, alpha=0.25, units=units)
+    assert vec.added.norm() == pytest.approx(1.0) and vec.vector_multiple == pytest.approx(2.0)
+    t = toks(tiny_model)
+    with torch.no_grad():
+        with vec.apply(tiny_model, positions=Span.ALL):
+            staged = tiny_model(t)
+        assert count_live_hooks(tiny_model) == 0
+        with steer(tiny_model, vecs, emotions="calm", layers=[1], alpha=0.25, norms={1: 4.0}):
+            legacy = tiny_model(t)
+    torch.testing.assert_close(staged, legacy)
+    with pytest.raises(ValueError, match="layer"):
+        SteeringVector.from_emotions(vecs, "calm", layer=0, alpha=0.1, units=units)
+
+
+def test_strength_units_measure(tiny_model, vecs):
+    from emolib.capture import mean_resid_norms
+    from emolib.steering import StrengthUnits
+
+    texts = [PROMPT, "I could not sleep at all."]
+    u = StrengthUnits.measure(tiny_model, vecs, 1, texts=texts, label="two")
+    assert u.residual_norm == pytest.approx(float(mean_resid_norms(tiny_model, texts)[1]))
+    assert u.vector_norm == pytest.approx(float(vecs.at(1).norm(dim=-1).median()))
+    assert u.as_dict()["alpha_1_in_vector_norms"] == pytest.approx(u.residual_norm / u.vector_norm)
+
+
+def test_null_directions_are_typed_seeded_and_of_both_kinds(vecs):
+    import numpy as np
+
+    from emolib.nulls import NullKind, null_directions, null_percentile, null_summary
+
+    nulls = null_directions(20, seed=0)
+    assert len(nulls) == 40 and {n.kind for n in nulls} == set(NullKind)
+    assert len({n.seed for n in nulls}) == 40
+    units = torch.stack([n.unit(vecs, 1) for n in nulls])
+    torch.testing.assert_close(units.norm(dim=-1), torch.ones(40))
+    torch.testing.assert_close(units, torch.stack([n.unit(vecs, 1) for n in null_directions(20, seed=0)]))
+    # the in-distribution kind lies in the span of the emotion vectors (3 of them here, in 32 dimensions)
+    basis = torch.linalg.qr(vecs.at(1).T.float()).Q  # [32, 3]
+    mix = units[20:]
+    torch.testing.assert_close(mix @ basis @ basis.T, mix, atol=1e-5, rtol=1e-5)
+    iso = units[:20]
+    assert ((iso @ basis).norm(dim=-1) < 0.9).all()
+    assert null_percentile(50.0, np.arange(10)) == 100.0 and null_percentile(-1.0, np.arange(10)) == 0.0
+    assert null_percentile(5.0, np.arange(10)) == 55.0  # 5 below, one tie counted half
+    assert null_summary(np.arange(101))["null_mean"] == pytest.approx(50.0)
 
 
 def test_random_direction_control_has_equal_norm(tiny_model):
