@@ -116,10 +116,10 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter("02_extraction"),
     Chapter("03_geometry"),
     # quick: a smaller design with the same structure (the quick run checks the pipeline, not the result)
-    Chapter("04_steering", quick=(("selfreport_alphas", "-0.1,-0.05,0.05,0.1"), ("n_contexts", 1), ("n_null", 10),
-                                  ("tone_alphas", "-0.05,0.05"), ("n_tone_prompts", 6), ("n_tone_null", 3),
-                                  ("max_new_tokens", 16))),
-    Chapter("05_behavior", quick=(("pref_per_item", 1), ("pref_emotions", "happy,calm,desperate,hostile"),
+    Chapter("04_steering", quick=(("selfreport_alphas", "-0.1,0.1"), ("n_contexts", 1), ("n_null", 4),
+                                  ("tone_alphas", "-0.05,0.05"), ("n_tone_prompts", 4), ("n_tone_null", 2),
+                                  ("max_new_tokens", 12))),
+    Chapter("05_behavior", quick=(("n_controls", 30), ("pref_per_item", 1), ("pref_emotions", "happy,calm,desperate,hostile"),
                                   ("n_random", 3), ("n_boot", 50), ("ethics_emotions", "desperate,calm"),
                                   ("ethics_alpha_fractions", "-1,1"), ("ethics_limit", 6), ("n_monitor", 1))),
 )

@@ -115,7 +115,7 @@ def paired_difference(pred_a: np.ndarray, pred_b: np.ndarray, y: np.ndarray, *, 
     idx = rng.integers(0, len(y), size=(n_boot, len(y)))
     d = _corr_rows(pred_a[idx], y[idx]) - _corr_rows(pred_b[idx], y[idx])
     diff = float(np.corrcoef(pred_a, y)[0, 1] - np.corrcoef(pred_b, y)[0, 1])
-    p = float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()) + 1 / (n_boot + 1)))
+    p = float(min(1.0, 2 * (1 + min((d <= 0).sum(), (d >= 0).sum())) / (n_boot + 1)))
     return {"diff": diff, "ci": [float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))], "p": p}
 
 

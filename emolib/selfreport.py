@@ -30,7 +30,7 @@ from emolib.chat import encode, format_chat
 from emolib.progress import report
 
 __all__ = ["BASE_TEMPLATES", "CHAT_QUESTION", "feeling_contexts", "word_ids", "WordScores", "score_words", "SelfReport",
-           "wilson_interval", "diagonal_dominance", "summarise"]
+           "wilson_interval", "diagonal_dominance", "PASS_P", "null_pvalue", "null_calibration", "summarise"]
 
 BASE_TEMPLATES = ("Right now I feel", "She looked up and said that she felt", "He sat by the window. He feels",
                   "How do you feel today? I feel")
@@ -250,20 +250,29 @@ def diagonal_dominance(m: np.ndarray, *, n_perm: int = 1000, seed: int = 0) -> d
             "null_hi": float(np.quantile(null, 0.95)), "p": float((1 + (null >= obs).sum()) / (n_perm + 1))}
 
 
-def null_threshold(null: np.ndarray, kinds: Sequence[str], *, upper: bool) -> np.ndarray:
-    """Per word, the stricter of the null kinds' 95th (``upper``) or 5th percentiles: ``[W]`` from ``null [N, W]``.
+def null_pvalue(own: np.ndarray, null: np.ndarray, kinds: Sequence[str], *, upper: bool) -> np.ndarray:
+    """Per word, the larger of the null kinds' rank p-values of ``own [W]`` against ``null [N, W]``.
 
-    The two kinds (isotropic, in-distribution) move emotion words by different amounts; pooling them
-    would put the threshold between the two and let directions of the stronger kind pass too often.
+    For one kind with ``n`` directions, ``p = (1 + #{null >= own}) / (n + 1)`` (``<=`` for a fall): the
+    exact rank p of a value exchangeable with the null. The two kinds (isotropic, in-distribution) move
+    emotion words by different amounts, so a word passes only when it beats *both*; with at least 19
+    directions per kind, passing at p <= 0.05 then happens to a null-like direction at most 5% of the time.
     """
     kinds = np.asarray(list(kinds))
-    qs = [np.quantile(null[kinds == k], 0.95 if upper else 0.05, axis=0) for k in sorted(set(kinds))]
-    return np.max(qs, axis=0) if upper else np.min(qs, axis=0)
+    ps = []
+    for k in sorted(set(kinds)):
+        nk = null[kinds == k]
+        beat = (nk >= own[None]) if upper else (nk <= own[None])
+        ps.append((1 + beat.sum(0)) / (len(nk) + 1))
+    return np.max(ps, axis=0)
+
+
+PASS_P = 0.05
 
 
 def null_calibration(sr: SelfReport) -> list[dict]:
     """The test applied to the null itself: each null direction in turn, for every emotion word, against
-    the thresholds of the remaining null directions. Per strength, the pass rate (expected at most ~5%)."""
+    the remaining null directions with the same rule. Per strength, the pass rate (at most about 5%)."""
     E, kinds = sr.n_emotions, list(sr.null_kinds)
     out = []
     for a, alpha in enumerate(sr.alphas):
@@ -271,19 +280,17 @@ def null_calibration(sr: SelfReport) -> list[dict]:
         hits = []
         for n in range(len(kinds)):
             rest = np.delete(d, n, axis=0)
-            thr = null_threshold(rest, kinds[:n] + kinds[n + 1:], upper=alpha > 0)
-            hits.append(d[n] > thr if alpha > 0 else d[n] < thr)
-        rate = float(np.mean(hits))
-        out.append({"alpha": alpha, "null_pass_rate": rate, "n_trials": int(np.size(hits))})
+            p = null_pvalue(d[n], rest, kinds[:n] + kinds[n + 1:], upper=alpha > 0)
+            hits.append(p <= PASS_P)
+        out.append({"alpha": alpha, "null_pass_rate": float(np.mean(hits)), "n_trials": int(np.size(hits))})
     return out
 
 
 def summarise(sr: SelfReport, *, headline: float) -> dict:
     """Per-strength summaries, per-emotion rows at the ``headline`` strength, and the matrix score.
 
-    A positive strength passes when the own word's rise exceeds the null's 95th percentile (for that
-    word, at that strength, the stricter of the two null kinds); a negative one when its fall is below
-    the null's 5th percentile.
+    A positive strength passes when the own word's rise beats the null directions of both kinds (for that
+    word, at that strength) at rank p <= 0.05 (:func:`null_pvalue`); a negative one when its fall does.
     """
     E, d = sr.n_emotions, sr.delta
     null = d[E:]  # [N, A, W]
@@ -292,8 +299,7 @@ def summarise(sr: SelfReport, *, headline: float) -> dict:
     for a, alpha in enumerate(sr.alphas):
         own = d[np.arange(E), a, np.arange(E)]  # [E]
         nul = null[:, a, :E]  # [N, E]
-        thr = null_threshold(nul, sr.null_kinds, upper=alpha > 0)
-        passed = own > thr if alpha > 0 else own < thr
+        passed = null_pvalue(own, nul, sr.null_kinds, upper=alpha > 0) <= PASS_P
         lp = steered_lp[np.arange(E), a]  # [E, W]
         ranks = 1 + (lp > lp[np.arange(E), np.arange(E)][:, None]).sum(1)
         k = int(passed.sum())

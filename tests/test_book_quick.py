@@ -14,13 +14,17 @@ from emolib.book import CHAPTERS, run_chapters
 pytestmark = pytest.mark.real_model
 
 REQUIRED = {
-    "01_capture": ["n_texts", "n_tokens", "capture_tokens_per_s"],
-    "02_extraction": ["chosen_layer", "heldout_top1", "heldout_top5", "chance_top1", "intensity_spearman"],
-    "03_geometry": ["pc_variance", "pc1_valence_r", "pc1_valence_ci", "pc1_valence_p", "arousal_best_pc",
-                    "arousal_r", "n_rated_emotions", "rsa_adjacent_layers_mean", "baselines"],
-    "04_steering": ["usable_alpha_max"],
-    "05_behavior": ["elo_probe_r", "elo_steering_shift", "probe_vs_steering_r", "unethical_rate",
-                    "unethical_rate_baseline", "readout_accuracy"],
+    "01_capture": ["n_texts", "n_tokens", "capture_tokens_per_s", "compute_dtype"],
+    "02_extraction": ["chosen_layer", "chosen_layer_rule", "heldout_top1", "heldout_top5", "chance_top1",
+                      "intensity_spearman", "heldout_writer_top1", "heldout_writer_top1_ci",
+                      "heldout_writer_top1_by_layer", "dtype_agreement"],
+    "03_geometry": ["geometry_by_layer", "geometry_layer", "geometry_layer_rule", "valence_cv_r", "valence_cv_ci",
+                    "valence_max_over_layers_p", "pc1_valence_r", "pc_nuisance_r", "family_similarity",
+                    "n_rated_emotions", "baselines", "stimulus_rsa"],
+    "04_steering": ["usable_alpha_max", "steering_units", "selfreport_by_alpha", "selfreport_diagonal_dominance",
+                    "selfreport_per_emotion", "tone_by_emotion", "random_null"],
+    "05_behavior": ["readout_validity", "readout_used", "readout_gate_passed", "elo_probe_r", "elo_steering_shift",
+                    "unethical_logodds", "unethical_logodds_baseline", "n_pressure_scenarios"],
 }
 
 
@@ -51,8 +55,8 @@ def test_metrics_hold_the_required_keys(quick_run):
 def test_run_folder_has_vectors_and_figures(quick_run):
     assert (quick_run / "vectors.safetensors").is_file() and (quick_run / "vectors.json").is_file()
     figs = {p.stem for p in (quick_run / "figures").glob("*.png")}
-    assert {"residual_norms", "validation_by_layer", "heldout_by_layer", "pc_map_family", "alpha_sweep",
-            "ethics_dose_response"} <= figs
+    assert {"residual_norms", "validation_by_layer", "heldout_by_layer", "geometry_by_layer", "selfreport_pass",
+            "tone_shifts", "readout_validation"} <= figs
 
 
 def test_rerun_with_unchanged_inputs_reuses_every_chapter(quick_run, capsys):

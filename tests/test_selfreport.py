@@ -122,3 +122,24 @@ def test_score_words_exact_on_embedded_models(embedded_model):
     sub = score_words(model, ctx, ids, added=added, layer=layer, later_vocab=4096)
     assert sub.later_coverage > 0.9
     np.testing.assert_allclose(sub.logp.numpy(), ws.logp.numpy(), atol=0.05)
+
+
+def test_pass_rule_holds_its_false_positive_rate_with_unequal_null_kinds():
+    """A direction drawn like the null passes at most ~5% of the time, even when one kind varies
+    twice as much as the other (pooling the kinds' percentiles would let it pass more often)."""
+    import numpy as np
+
+    from emolib.selfreport import PASS_P, null_pvalue
+
+    rng = np.random.default_rng(0)
+    kinds = ["isotropic"] * 19 + ["emotion_mixture"] * 19
+    scale = np.r_[np.full(19, 1.0), np.full(19, 2.0)][:, None]
+    hits = []
+    for _ in range(400):
+        null = rng.normal(size=(38, 50)) * scale               # [N, W]
+        own = rng.normal(size=50) * 2.0                         # like the wider kind
+        hits.append(null_pvalue(own, null, kinds, upper=True) <= PASS_P)
+    rate = np.mean(hits)
+    assert rate <= 0.06, rate
+    planted = null_pvalue(np.full(50, 10.0), null, kinds, upper=True)
+    assert (planted <= PASS_P).all() and np.isclose(planted, 1 / 20).all()
