@@ -847,7 +847,7 @@ _RUN_EPILOG = """\
 parameters:
   python -m emolib.book params [--chapter NAME] lists each chapter's parameters, types and
   defaults. Set one with --param NAME=VALUE (repeatable); a text parameter takes what you type,
-  e.g. --param alphas=0,0.1. model_name, run_dir, device, dtype and quick come from --model,
+  e.g. --param selfreport_alphas=0.05,0.1. model_name, run_dir, device, dtype and quick come from --model,
   --out, --device, --dtype and --quick.
 
 Ctrl-C or SIGTERM stops a run and leaves the previous one untouched (exit 130 or 143).

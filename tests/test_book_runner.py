@@ -604,7 +604,7 @@ def test_run_help_lists_chapters_flags_and_how_to_see_parameters(capsys):
     text = capsys.readouterr().out
     for ch in book.CHAPTERS:
         assert ch.name in text
-    for words in ("python -m emolib.book params", "--param alphas=0,0.1", "a GPU when torch sees one",
+    for words in ("python -m emolib.book params", "--param selfreport_alphas=0.05,0.1", "a GPU when torch sees one",
                   "do not build the HTML book", "--dtype {auto,float32,bfloat16}", "hub id", "book/runs/<model>-quick/"):
         assert words in " ".join(text.split()), words
 
@@ -614,7 +614,7 @@ def test_params_command_prints_each_chapters_parameters(capsys):
     text = capsys.readouterr().out
     for ch in book.CHAPTERS:
         assert f"{ch.name}: " in text
-    assert re.search(r"\n  alphas +str +\"0,[0-9.,]+\" +--quick: \"0,0.1\"", text)
+    assert re.search(r"\n  selfreport_alphas +str +\"-0.2,[-0-9.,]+\" +--quick: \"-0.1,0.1\"", text)
     assert re.search(r"\n  batch_size +int +\d+", text)
     assert "set by the runner: model_name (--model), run_dir (--out)" in text
     assert book.main(["params", "--chapter", "03_geometry"]) == 0

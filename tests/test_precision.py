@@ -13,7 +13,7 @@ from emolib.precision import dtype_agreement
 
 pytestmark = pytest.mark.real_model
 
-EMOTIONS = ["afraid", "calm", "furious", "joyful"]   # four families, both valences, both arousals
+EMOTIONS = ["afraid", "calm", "furious", "joyful", "sad", "ashamed"]  # six families, both valences and arousals (top-5 needs >= 5)
 
 
 def test_bfloat16_changes_no_conclusion_on_the_default_model():
