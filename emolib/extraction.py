@@ -10,7 +10,6 @@ comparison: the weight vectors of a multinomial logistic regression.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from emolib.vectors import EmotionVectors

@@ -10,7 +10,6 @@ import random
 from collections.abc import Collection
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import torch
 

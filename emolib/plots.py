@@ -17,8 +17,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 __all__ = ["show", "savefig", "png_bytes", "residual_norms", "accuracy_by_layer", "denoise_curve",
-           "intensity_curves", "similarity_heatmap", "family_heatmap", "pc_map", "rsa_matrix", "baseline_bars",
-           "alpha_sweep", "projection_sweep", "dose_response", "elo_bars", "scatter_r", "token_heatmap"]
+           "intensity_curves", "similarity_heatmap", "family_heatmap", "pc_map", "rsa_matrix", "elo_bars", "scatter_r",
+           "token_heatmap"]
 
 plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 130, "font.size": 10, "axes.spines.top": False,
                      "axes.spines.right": False})
@@ -230,86 +230,6 @@ def rsa_matrix(m: np.ndarray, *, labels: list | None = None, title: str = ""):
     ax.set_ylabel("layer")
     fig.colorbar(im, ax=ax, fraction=0.045, label="RSA (Spearman)")
     ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
-def baseline_bars(rows: list[dict], *, title: str = ""):
-    """Bars of PC1-valence r (with CI) per space; ``rows``: dicts with name, r, ci."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    names = [r["name"] for r in rows]
-    vals = np.array([r["r"] for r in rows])
-    err = np.array([[r["r"] - r["ci"][0], r["ci"][1] - r["r"]] for r in rows]).T
-    ax.barh(names, vals, xerr=err, capsize=3, color=["C0"] + ["C7"] * (len(rows) - 1))
-    ax.set_xlabel("|r| of PC1 with human valence (95% CI)")
-    ax.set_xlim(0, 1)
-    ax.invert_yaxis()
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
-def alpha_sweep(grid: pd.DataFrame, *, usable: float | None = None, title: str = ""):
-    """Median perplexity and repetition of steered continuations against alpha, per emotion and control."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    base = grid[grid.alpha == 0]
-    for emo, g in grid[grid.alpha != 0].groupby("emotion"):
-        med = pd.concat([base, g]).groupby("alpha")[["perplexity", "repetition"]].median()
-        style = dict(ls="--", color="k") if emo == "random" else dict(ls="-")
-        axes[0].plot(med.index, med.perplexity, marker="o", label=emo, markersize=3, **style)
-        axes[1].plot(med.index, med.repetition, marker="o", label=emo, markersize=3, **style)
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("perplexity under the unsteered model")
-    axes[1].set_ylabel("repeated 3-grams (fraction)")
-    for ax in axes:
-        ax.set_xlabel("alpha (fraction of mean residual norm)")
-        if usable is not None:
-            ax.axvline(usable, color="green", alpha=0.5, ls=":", label=f"usable up to {usable:g}")
-    axes[1].legend(fontsize=7, frameon=False, ncol=2)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def projection_sweep(grid: pd.DataFrame, emotions: list[str], *, title: str = ""):
-    """Projection of the continuation onto the steered emotion, against alpha; the control for comparison."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
-    base = grid[grid.alpha == 0]
-    for e in emotions:
-        g = pd.concat([base, grid[grid.emotion == e]])
-        m = g.groupby("alpha")[f"proj_{e}"].mean()
-        line, = ax.plot(m.index, m.values, "o-", label=e, markersize=3)
-        r = pd.concat([base, grid[grid.emotion == "random"]]).groupby("alpha")[f"proj_{e}"].mean()
-        ax.plot(r.index, r.values, ":", color=line.get_color(), alpha=0.7)
-    ax.set_xlabel("alpha")
-    ax.set_ylabel("projection of the continuation")
-    ax.set_title(title or "Steering towards an emotion raises it downstream (dotted: random control)")
-    ax.legend(fontsize=7, frameon=False)
-    return fig
-
-
-def dose_response(table: pd.DataFrame, *, title: str = ""):
-    """Rate of the unethical choice against alpha per emotion, with bootstrap CIs and random controls."""
-    emotions = [e for e in table.emotion.unique() if e != "none" and not e.startswith("random")]
-    base = table[table.emotion == "none"].iloc[0]
-    ncols = min(3, len(emotions))
-    nrows = -(-len(emotions) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows), squeeze=False, sharey=True)
-    rand = table[table.emotion.str.startswith("random")]
-    for ax, e in zip(axes.flat, emotions):
-        for name, g, style in [(e, table[table.emotion == e], dict(color="C0", ls="-")),
-                               ("random", rand.groupby("alpha", as_index=False).mean(numeric_only=True),
-                                dict(color="grey", ls="--"))]:
-            g = pd.concat([g, pd.DataFrame([base])]).sort_values("alpha")
-            ax.plot(g.alpha, g.rate, marker="o", label=name, markersize=3, **style)
-            ax.fill_between(g.alpha, g.ci_lo, g.ci_hi, alpha=0.15, color=style["color"])
-        ax.set_title(e, fontsize=9)
-        ax.set_xlabel("alpha", fontsize=8)
-        ax.legend(fontsize=7, frameon=False)
-    for ax in list(axes.flat)[len(emotions):]:
-        ax.axis("off")
-    axes[0, 0].set_ylabel("P(unethical option)")
-    fig.suptitle(title)
     fig.tight_layout()
     return fig
 

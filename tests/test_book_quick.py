@@ -49,7 +49,7 @@ def test_metrics_hold_the_required_keys(quick_run):
     assert 0 <= metrics["chosen_layer"] < metrics["n_layers"]
     assert metrics["heldout_top1"] > metrics["chance_top1"], "vectors must beat chance even in the quick run"
     assert metrics["capture_tokens_per_s"] > 0 and math.isfinite(metrics["capture_tokens_per_s"])
-    assert set(metrics["baselines"]) == {"input_embeddings", "sentence_embeddings", "shuffled_labels"}
+    assert set(metrics["baselines"]) == {"model", "input_embeddings", "sentence_embeddings", "shuffled_labels"}
 
 
 def test_run_folder_has_vectors_and_figures(quick_run):

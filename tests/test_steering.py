@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from emolib.chat import encode
 from emolib.hooks import count_live_hooks
-from emolib.scoring import bradley_terry, choice_both_orders, fluency, option_probability, repetition_rate
 from emolib.steering import random_direction, steer, steering_vector
 from emolib.vectors import EmotionVectors
 
@@ -196,61 +194,3 @@ def test_bad_steering_arguments(tiny_model, vecs):
     assert count_live_hooks(tiny_model) == 0
 
 
-def test_option_probability_and_both_orders(tiny_model, vecs):
-    items = [("Which is a colour?", "blue", "seven"), ("Which can fly?", "a sparrow", "a stone")]
-    res = choice_both_orders(tiny_model, items, batch_size=3)
-    assert res["p_first"].shape == (2,) and ((res["p_first"] > 0) & (res["p_first"] < 1)).all()
-    np.testing.assert_allclose(res["p_first"], (res["order1"] + res["order2"]) / 2)
-    # A pure letter bias cancels: if P(A) were constant c, both orders give c and 1 - c.
-    single = option_probability(tiny_model, ["Pick one. (A) x (B) y. Answer: ("], batch_size=1)
-    batched = option_probability(tiny_model, ["Pick one. (A) x (B) y. Answer: (", "Another (A) p (B) q: ("],
-                                 batch_size=2)
-    assert abs(single[0] - batched[0]) < 1e-5, "padding must not change the read-out"
-    steered = choice_both_orders(tiny_model, items, steering=lambda: steer(
-        tiny_model, vecs, emotions="calm", layers=[1], alpha=5.0, norms=NORMS))
-    assert not np.allclose(steered["p_first"], res["p_first"])
-
-
-def test_bradley_terry_recovers_order():
-    rng = np.random.default_rng(0)
-    true = np.array([0.0, 1.0, 2.0, 3.0])
-    pairs = []
-    for _ in range(400):
-        i, j = rng.choice(4, 2, replace=False)
-        pairs.append((i, j, 1 / (1 + np.exp(-(true[i] - true[j])))))
-    elo = bradley_terry(4, pairs)
-    assert list(np.argsort(elo)) == [0, 1, 2, 3]
-    assert abs(elo.mean()) < 1e-6
-    np.testing.assert_allclose(np.diff(elo), 400 / np.log(10), rtol=0.05)
-
-
-def test_fluency_measures(tiny_model):
-    assert repetition_rate([1, 2, 3, 1, 2, 3, 1, 2, 3]) > 0.5
-    assert repetition_rate([1, 2, 3, 4, 5, 6]) == 0
-    ids = encode(tiny_model.tokenizer, PROMPT)
-    f = fluency(tiny_model, ids[:5], ids[5:])
-    assert f["perplexity"] > 1 and 0 <= f["repetition"] <= 1
-
-
-def test_steering_on_the_first_option_tokens_only(tiny_model, vecs):
-    from emolib.scoring import choice_prompt, span_mask
-
-    tok = tiny_model.tokenizer
-    prompt = choice_prompt(tok, "Which?", "bread and cheese", "the storm")
-    start = prompt.index("(A) ") + 4
-    mask = span_mask(tok, prompt, (start, start + len("bread and cheese")))
-    ids = encode(tok, prompt)
-    covered = tok.decode([t for t, m in zip(ids, mask) if m])
-    assert "bread" in covered and "cheese" in covered and "storm" not in covered
-    items = [("Which?", "bread and cheese", "the storm")]
-    seen = []
-
-    def factory(m):
-        seen.append(m.clone())
-        # layer 0: a later attention layer must carry the edit from the option to the answer position
-        return steer(tiny_model, vecs, emotions="calm", layers=[0], alpha=20.0, norms=NORMS, positions=m)
-
-    res = choice_both_orders(tiny_model, items, steering=factory, steer_first_option=True, batch_size=1)
-    assert len(seen) == 2 and all(m.any() for m in seen)
-    base = choice_both_orders(tiny_model, items)
-    assert not np.allclose(res["p_first"], base["p_first"])
