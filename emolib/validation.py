@@ -54,8 +54,9 @@ def logit_lens(model, vectors: EmotionVectors, layer: int, emotions: list[str], 
     out = {}
     with torch.no_grad():
         for e in emotions:
-            v = vectors.vector(e, layer, unit=True).to(next(hf.parameters()).device)
-            logits = hf.lm_head(norm(v[None, None, :]))[0, 0]
+            w = hf.lm_head.weight  # vectors are stored in float32; the model may compute in bfloat16
+            v = vectors.vector(e, layer, unit=True).to(device=w.device, dtype=w.dtype)
+            logits = hf.lm_head(norm(v[None, None, :]))[0, 0].float()
             top = logits.topk(k).indices.tolist()
             out[e] = [model.tokenizer.decode([t]).strip() or repr(model.tokenizer.decode([t])) for t in top]
     return out
