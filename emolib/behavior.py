@@ -7,7 +7,8 @@
 - :func:`null_test`: an effect against the distribution of the same effect under random directions of
   equal norm (a prediction-interval t test, exact when the null effects are normal, and the percentile).
 - :func:`preference_shift` / :func:`ethics_logodds`: steered measurements, per item, paired with the
-  unsteered model.
+  unsteered model; :func:`ethics_dose_response` runs every emotion, null direction and strength of the
+  ethics experiment with the conditions on the batch axis (:func:`emolib.readouts.content_conditions`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import pandas as pd
 from scipy import stats as _st
 
 from emolib.capture import capture
+import torch
+
 from emolib.readouts import (CONTENT_FREE_STEM, Item, OrderScores, Readout, Steering, Where, cloze_prefix,
-                              option_logprobs, score_items)
+                              content_conditions, option_logprobs, score_items)
 from emolib.stats import bootstrap_mean_ci
 from emolib.nulls import NullKind, RandomDirection
 from emolib.steering import steering_vector
@@ -30,7 +33,7 @@ from emolib.steering import steering_vector
 __all__ = ["ELO_PER_LOGIT", "PREFERENCE_QUESTION", "preference_pairs", "pair_items", "activity_scores", "pair_scores", "activity_projections", "per_order_outcomes",
            "bradley_terry_position", "elo_with_ci", "bh_adjust", "holm_adjust", "probe_correlations",
            "null_test", "steering_for", "preference_shift", "ethics_items", "ethics_logodds",
-           "paired_effects"]
+           "paired_effects", "ethics_dose_response"]
 
 ELO_PER_LOGIT = 400 / math.log(10)
 PREFERENCE_QUESTION = "Which would you rather do?"
@@ -247,3 +250,32 @@ def paired_effects(effects: dict[str, np.ndarray], nulls: Sequence[np.ndarray], 
         out[name] = {"change": float(np.mean(d)), "ci": [lo, hi], **null_test(float(np.mean(d)), null_means)}
     return out
 
+
+def ethics_dose_response(model, vectors, layer: int, norms: dict, items: Sequence[Item], readout: Readout, *,
+                         emotions: Sequence[str], alphas: Sequence[float], n_random: int, null_kind: NullKind,
+                         seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
+    """The unsteered log-odds of the unethical option per scenario ``[n]``, and per emotion x strength the
+    mean paired change with its CI, tested against ``n_random`` random directions of equal norm at the same
+    strength (:func:`paired_effects`), with Holm's correction over all emotion x strength conditions.
+
+    Every condition (unsteered, each null direction and each emotion at each strength) is scored in one
+    batch per scenario; the null directions are the same at every strength (seeds ``seed + 2000 + k``).
+    """
+    steer = [None]
+    for a in alphas:
+        steer += [steering_for(vectors, layer, norms, alpha=a, random_seed=seed + 2000 + k, null_kind=null_kind)
+                  for k in range(n_random)]
+        steer += [steering_for(vectors, layer, norms, alpha=a, emotion=e) for e in emotions]
+    d = vectors.d_model
+    vecs = torch.stack([torch.zeros(d) if st is None else st.vector.float().cpu() for st in steer])
+    lo = content_conditions(model, items, readout, vecs, layer=layer, progress="ethics (scenarios)")
+    lo0, rows, i = lo[0], [], 1
+    for a in alphas:
+        nulls = [lo[i + k] - lo0 for k in range(n_random)]
+        i += n_random
+        effects = {e: lo[i + j] - lo0 for j, e in enumerate(emotions)}
+        i += len(emotions)
+        rows += [{"emotion": e, "alpha": float(a), **t} for e, t in paired_effects(effects, nulls, seed=seed).items()]
+    dose = pd.DataFrame(rows)
+    dose["p_holm"] = holm_adjust(dose.p.to_numpy())
+    return lo0, dose

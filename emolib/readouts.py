@@ -46,7 +46,8 @@ from emolib.stats import bootstrap_mean_ci
 
 __all__ = ["Readout", "Where", "Item", "OrderScores", "Steering", "GATE_BOTH_ORDER_ACCURACY", "CONTENT_FREE_STEM",
            "cloze_prefix", "option_logprobs", "score_items", "letter_mass", "validation_row", "validate",
-           "choose_readout", "CACHE_MIN_PREFIX_TOKENS", "CACHE_MIN_OPTIONS"]
+           "choose_readout", "CACHE_MIN_PREFIX_TOKENS", "CACHE_MIN_OPTIONS", "option_logprobs_conditions",
+           "content_conditions"]
 
 GATE_BOTH_ORDER_ACCURACY = 0.75  # stated before any result: a readout must get 75% of controls right in both orders
 CONTENT_FREE_STEM = "Answer:"
@@ -266,6 +267,105 @@ def option_logprobs(model, prefixes: Sequence[str], options: Sequence[str], *, b
         done += len(idx)
         if progress:
             report(progress, done, len(opt))
+    return out
+
+
+def _row_steering(model, layer: int, vectors: torch.Tensor, skip_first: bool) -> contextlib.AbstractContextManager:
+    """Add row ``i`` of ``vectors [batch, d_model]`` to row ``i`` of every pass inside the block, at every
+    position (all but column 0 when ``skip_first``: the BOS of a pass that starts the sequence)."""
+    def edit(resid: torch.Tensor) -> torch.Tensor:  # [batch, seq, d_model]
+        if resid.shape[0] != vectors.shape[0]:
+            raise ValueError(f"{vectors.shape[0]} steering rows for a pass of {resid.shape[0]}")
+        v = vectors.to(resid.device, resid.dtype)[:, None, :].expand_as(resid)
+        if skip_first:
+            v = torch.cat([torch.zeros_like(v[:, :1]), v[:, 1:]], dim=1)
+        return resid + v
+    return residual_edit(model, {layer: edit})
+
+
+def _logp_at(model, h: torch.Tensor, targets: torch.Tensor, *, chunk: int = 256) -> torch.Tensor:
+    """log P(target) from final states ``h [n, d_model]``: ``[n]`` float32, the 262k-wide unembedding in
+    chunks of ``chunk`` rows so it never holds more than one chunk's logits."""
+    out = [torch.log_softmax(_unembed_normed(model, h[s: s + chunk]), dim=-1)
+           .gather(1, targets[s: s + chunk, None])[:, 0] for s in range(0, len(h), chunk)]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def option_logprobs_conditions(model, prefix: str, options: Sequence[str], vectors: torch.Tensor, *, layer: int,
+                               max_rows: int = 64) -> np.ndarray:
+    """Mean log-probability of each option after one shared ``prefix``, under each of ``C`` steering
+    vectors ``vectors [C, d_model]`` added at ``layer`` on the whole prompt (prefix and option; BOS never):
+    ``[C, n_options]``. A zero row is the unsteered model.
+
+    The conditions share the batch axis: the prefix runs once as ``C`` rows (one per condition) and every
+    option runs on that KV cache, so a scenario costs one prefix pass for all its conditions and options.
+    Equal to :func:`option_logprobs` with each condition's :class:`Steering` and ``Where.ALL``.
+    """
+    tok, hf = model.tokenizer, model.original_model
+    device = next(model.parameters()).device
+    opts = [list(tok(" " + o.strip(), add_special_tokens=False).input_ids) for o in options]
+    if any(len(o) == 0 for o in opts):
+        raise ValueError("an option has no tokens")
+    C = vectors.shape[0]
+    pre = encode(tok, prefix)
+    with torch.no_grad(), _row_steering(model, layer, vectors, skip_first=True):
+        out = hf.model(input_ids=torch.tensor([pre] * C, device=device), use_cache=True)
+    last = out.last_hidden_state[:, -1]  # [C, d_model]
+    cache = out.past_key_values
+    lps = np.zeros((C, len(opts)))
+    firsts = torch.tensor([o[0] for o in opts], device=device)
+    with torch.no_grad():
+        first_lp = torch.log_softmax(_unembed_normed(model, last), dim=-1)[:, firsts]  # [C, n_options]
+    counts = np.array([len(o) for o in opts], dtype=float)
+    lps += first_lp.double().cpu().numpy()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    longer = [k for k, o in enumerate(opts) if len(o) > 1]
+    b = max(1, max_rows // C)
+    for s in range(0, len(longer), b):
+        ks = longer[s: s + b]
+        toks, mask = _pad([opts[k][:-1] for k in ks], pad)  # [b, w]; the last token predicts nothing scored
+        n = len(ks)
+        c = copy.deepcopy(cache)
+        c.batch_repeat_interleave(n)  # rows: condition-major, option-minor
+        toks, mask = toks.repeat(C, 1), mask.repeat(C, 1)
+        att = torch.cat([torch.ones(C * n, len(pre), dtype=torch.long), mask], dim=1)
+        with torch.no_grad(), _row_steering(model, layer, vectors.repeat_interleave(n, 0), skip_first=False):
+            h = hf.model(input_ids=toks.to(device), attention_mask=att.to(device), past_key_values=c,
+                         use_cache=True).last_hidden_state  # [C * n, w, d_model]
+        rows, cols, tgt, owner = [], [], [], []
+        for r in range(C * n):
+            ci, j = divmod(r, n)
+            o = opts[ks[j]]
+            rows += [r] * (len(o) - 1)
+            cols += list(range(len(o) - 1))
+            tgt += o[1:]
+            owner += [(ci, ks[j])] * (len(o) - 1)
+        with torch.no_grad():
+            lp = _logp_at(model, h[torch.tensor(rows), torch.tensor(cols)], torch.tensor(tgt, device=device))
+        for (ci, k), v in zip(owner, lp.double().cpu().numpy()):
+            lps[ci, k] += v
+    return lps / counts[None, :]
+
+
+def content_conditions(model, items: Sequence[Item], readout: Readout, vectors: torch.Tensor, *, layer: int,
+                       progress: str | None = None) -> np.ndarray:
+    """The content preference for each item's ``first`` option under each of ``C`` whole-prompt steering
+    vectors ``[C, d_model]`` (a zero row: unsteered): ``[C, n_items]``, the same numbers
+    :func:`score_items` gives for one :class:`Steering` at a time with ``Where.ALL``. Cloze readouts put the
+    conditions on the batch axis; the letter readout scores one condition at a time."""
+    if readout is Readout.LETTER:
+        return np.stack([score_items(model, items, readout, steering=Steering(layer, v), where=Where.ALL).content
+                         for v in vectors])
+    out = np.zeros((vectors.shape[0], len(items)))
+    for i, it in enumerate(items):
+        lp = option_logprobs_conditions(model, cloze_prefix(it), [it.first, it.second], vectors, layer=layer)
+        out[:, i] = lp[:, 0] - lp[:, 1]
+        if progress:
+            report(progress, i + 1, len(items))
+    if readout is Readout.CALIBRATED:
+        free = option_logprobs_conditions(model, CONTENT_FREE_STEM, [it.first for it in items] +
+                                          [it.second for it in items], vectors, layer=layer)
+        out -= free[:, : len(items)] - free[:, len(items):]
     return out
 
 

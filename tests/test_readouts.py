@@ -169,3 +169,27 @@ def test_cached_and_batched_paths_agree(tiny_model, monkeypatch):
         cached = readouts.option_logprobs(tiny_model, prefixes, options, steering=steering, where=where)
         monkeypatch.undo()
         np.testing.assert_allclose(batched, cached, atol=1e-4)
+
+
+def test_conditions_on_the_batch_axis_equal_one_condition_at_a_time(tiny_model):
+    """Chapter 5 scores every steering condition of a scenario in one batch over one prefix pass; the
+    numbers must be those of scoring each condition separately (and a zero row those of no steering)."""
+    g = torch.Generator().manual_seed(0)
+    d = tiny_model.cfg.d_model
+    vecs = torch.cat([torch.zeros(1, d), 3.0 * torch.randn(3, d, generator=g)])  # [C, d_model]
+    items = [Item("Which is bigger?", "an elephant on the road", "a mouse", context="Two animals walk by."),
+             Item("Pick one.", "tea", "a long walk in the rain", context="")]
+    layer = 1
+    for readout in (Readout.CLOZE, Readout.CALIBRATED):
+        got = readouts.content_conditions(tiny_model, items, readout, vecs, layer=layer)
+        assert got.shape == (4, 2)
+        for c, v in enumerate(vecs):
+            st = None if c == 0 else readouts.Steering(layer, v)
+            ref = readouts.score_items(tiny_model, items, readout, steering=st, where=readouts.Where.ALL).content
+            np.testing.assert_allclose(got[c], ref, atol=1e-4, err_msg=f"{readout} condition {c}")
+    # options of different lengths after one prefix, more options than fit in one option batch
+    opts = ["x", "the long way round", "a b c d e", "tea"]
+    lp = readouts.option_logprobs_conditions(tiny_model, "Answer:", opts, vecs, layer=layer, max_rows=4)
+    for c, v in enumerate(vecs):
+        ref = readouts.option_logprobs(tiny_model, ["Answer:"] * 4, opts, steering=readouts.Steering(layer, v))
+        np.testing.assert_allclose(lp[c], ref, atol=1e-4)
