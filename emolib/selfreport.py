@@ -272,7 +272,11 @@ PASS_P = 0.05
 
 def null_calibration(sr: SelfReport) -> list[dict]:
     """The test applied to the null itself: each null direction in turn, for every emotion word, against
-    the remaining null directions with the same rule. Per strength, the pass rate (at most about 5%)."""
+    the remaining null directions with the same rule. Per strength, the pass rate.
+
+    A check of the rank arithmetic, not an estimate: with ``n`` directions of each of two kinds, a held-out
+    direction passes exactly when it is the most extreme of all ``2n`` for that word, so the rate is
+    ``1 / (2n)`` (2.5% for 20 per kind) whatever the data; with ``n = 19`` it can never pass."""
     E, kinds = sr.n_emotions, list(sr.null_kinds)
     out = []
     for a, alpha in enumerate(sr.alphas):
