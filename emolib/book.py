@@ -673,7 +673,8 @@ def _replace_strings(obj: Any, pairs: list[tuple[str, str]]) -> Any:
 
 def publish_notebook(path: Path, *, staging: Path, final: Path, source: Path | None = None) -> None:
     """Rewrite an executed notebook as readers see it: every mention of the ``staging`` folder (absolute,
-    relative to the repository, or by name) names ``final`` instead, and papermill's injected-parameters
+    relative to the repository, or by name) names ``final`` instead, the cache folder is named
+    ``$EMOLIB_CACHE``, and papermill's injected-parameters
     cell is collapsed with ``hide-input`` (the chapter's own parameters cell shows only the defaults)."""
     import nbformat
 
@@ -684,6 +685,10 @@ def publish_notebook(path: Path, *, staging: Path, final: Path, source: Path | N
     if rel != str(staging):
         pairs.append((rel, shown))
     pairs.append((staging.name, final.name))
+    # The cache folder is the reader's own ($EMOLIB_CACHE); this machine's path says nothing to them.
+    from emolib.models import cache_root
+
+    pairs.append((str(cache_root()), "$EMOLIB_CACHE"))
     _replace_strings(nb, pairs)
     for cell in nb.cells:
         tags = cell.metadata.get("tags", [])

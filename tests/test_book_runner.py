@@ -496,6 +496,21 @@ def test_publish_names_the_run_folder_relative_to_the_repository(tmp_path):
     assert out.cells[1].outputs[0].text == "book/runs/m/a.png book/runs/m/b.png ../m\n"
 
 
+def test_publish_names_the_cache_folder_by_its_variable(tmp_path, monkeypatch):
+    """A run made with EMOLIB_CACHE=/tmp/... must not publish that machine's path (the committed runs did)."""
+    import nbformat
+
+    cache = tmp_path / "some-cache"
+    monkeypatch.setenv("EMOLIB_CACHE", str(cache))
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("load()", outputs=[nbformat.v4.new_output(
+        "stream", name="stderr", text=f"emolib: converting m from GGUF to fp32 in {cache}/models/m-fp32\n")])])
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, path)
+    book.publish_notebook(path, staging=book.RUNS / ".m.pid1.0a1b2c3d.tmp", final=book.RUNS / "m")
+    text = nbformat.read(path, as_version=4).cells[0].outputs[0].text
+    assert text == "emolib: converting m from GGUF to fp32 in $EMOLIB_CACHE/models/m-fp32\n"
+
+
 def test_auto_dtype_is_resolved_before_the_chapters_see_it(tmp_path, monkeypatch):
     """The chapters (and so the run keys) receive the dtype actually used, never the word "auto"."""
     from emolib import models
