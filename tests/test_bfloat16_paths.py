@@ -43,15 +43,14 @@ def test_the_models_really_differ_in_dtype(models):
 
 
 def test_logit_lens(models, vecs):
-    out = {d: logit_lens(m, vecs, 1, ["calm", "happy"], k=5) for d, m in models.items()}
-    assert all(len(v) == 5 for v in out["bfloat16"].values())
+    out = logit_lens(models["bfloat16"], vecs, 1, ["calm", "happy"], k=5)
+    assert sorted(out) == ["calm", "happy"] and all(len(v) == 5 for v in out.values())
 
 
 def test_readouts_under_steering(models):
     items = [Item("Which is bigger?", "an elephant", "a mouse", context="Two animals walk by.")]
     vec = 3.0 * torch.randn(2, 32, generator=torch.Generator().manual_seed(1))
-    got = {d: readouts.content_conditions(m, items, r, vec, layer=1)
-           for d, m in models.items() for r in (Readout.CLOZE,)}
+    got = {d: readouts.content_conditions(m, items, Readout.CLOZE, vec, layer=1) for d, m in models.items()}
     assert np.isfinite(got["bfloat16"]).all()
     np.testing.assert_allclose(got["bfloat16"], got["float32"], atol=0.1)
     letter = readouts.score_items(models["bfloat16"], items, Readout.LETTER,

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import ROOT
 from emolib.book import CHAPTERS
+from emolib.models import EMBEDDED_MODELS
 
 RUNS = sorted(p for p in (ROOT / "book" / "runs").iterdir() if p.is_dir() and not p.name.endswith("-quick"))
 TMP_RUN = re.compile(r"\.[\w.-]+\.tmp\b|/tmp/|\bold-\d+\b")
@@ -32,7 +33,7 @@ def published_chapters(run: Path) -> list:
     return [ch for ch in CHAPTERS if f"book/runs/{run.name}/{ch.name}" in toc]
 
 
-@pytest.mark.parametrize("model", ["gemma-3-270m", "smollm2-135m-instruct"])
+@pytest.mark.parametrize("model", list(EMBEDDED_MODELS))
 def test_both_embedded_models_publish_every_chapter(model):
     assert [ch.name for ch in published_chapters(ROOT / "book" / "runs" / model)] == [c.name for c in CHAPTERS]
     for ch in CHAPTERS:
