@@ -1,15 +1,18 @@
 """Batched steered greedy generation: prompts x conditions on the batch axis.
 
-Prompts are left-padded to a common width with an attention mask, and Hugging Face ``generate``
-runs on the bridge's underlying model with its KV cache; the bridge's hook points
+Prompts are left-padded to a common width with an attention mask, and a greedy loop runs the
+bridge's underlying Hugging Face model with its KV cache; the bridge's hook points
 (``blocks.L.hook_resid_post``) fire inside it, so steering stays a TransformerLens hook. Each row
 carries its own steering vector (``[batch, d_model]``, zero for an unsteered row): one pass serves
 many conditions. Left padding moves every row's BOS off column 0, so the steering mask is built
-per row (real tokens after the row's BOS); Hugging Face derives position ids from the attention
-mask, which the batched-equals-one-at-a-time test checks on every model.
+per row (real tokens after the row's BOS) and position ids come from the attention mask, which the
+batched-equals-one-at-a-time test checks on every model.
 
 Why batching: the per-token cost of a small model on a CPU is its own (largely its unembedding),
-not the bridge's, and a batch of rows shares every weight read.
+not the bridge's, and a batch of rows shares every weight read. Why a loop of our own: Hugging
+Face ``generate`` copies the ``[batch, vocab]`` logits to float32 at every step, which at a 262k
+vocabulary cost more than the unembedding; :func:`emolib.unembed.greedy` takes the argmax slice by
+slice instead, with the same tokens.
 """
 
 from __future__ import annotations
@@ -18,11 +21,42 @@ from collections.abc import Sequence
 
 import torch
 
+from emolib import unembed
 from emolib.hooks import residual_edit
 from emolib.progress import report
 from emolib.steering import Span
 
 __all__ = ["left_pad", "generate_batch"]
+
+
+def _greedy(hf, ids: torch.Tensor, mask: torch.Tensor, *, max_new_tokens: int, eos: int | None,
+            pad: int) -> torch.Tensor:
+    """Greedy decoding of left-padded ``ids [batch, width]`` with the KV cache: ``[batch, new]`` tokens,
+    ``new <= max_new_tokens`` (``pad`` after a row's ``eos``; it stops once every row has ended).
+
+    A loop of its own rather than ``generate``: the same tokens (tested against the bridge) without the
+    per-step float32 copy of the ``[batch, vocab]`` logits (:func:`emolib.unembed.greedy`). Position ids
+    come from the attention mask, as ``generate`` derives them for left padding.
+    """
+    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    out = hf.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    cache, h = out.past_key_values, out.last_hidden_state[:, -1]
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    new = []
+    for step in range(max_new_tokens):
+        nxt = unembed.greedy(hf, h)
+        if eos is not None:
+            nxt = nxt.masked_fill(done, pad)
+            done |= nxt == eos
+        new.append(nxt)
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        pos = pos[:, -1:] + 1
+        out = hf.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
+                       use_cache=True)
+        cache, h = out.past_key_values, out.last_hidden_state[:, -1]
+    return torch.stack(new, dim=1)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,11 +118,9 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
         ids, mask = left_pad([prompts[i] for i in idx], pad)
         edits = {} if added is None else {layer: _row_edit(added[idx].float(), mask, span)}
         with torch.no_grad(), residual_edit(model, edits):
-            gen = hf.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                              min_new_tokens=0 if stop_at_eos else max_new_tokens, do_sample=False,
-                              pad_token_id=pad, eos_token_id=eos if stop_at_eos else None,
-                              num_beams=1, top_p=None, top_k=None, temperature=None)
-        for row in gen[:, ids.shape[1]:].tolist():
+            gen = _greedy(hf, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens,
+                          eos=eos if stop_at_eos else None, pad=pad)
+        for row in gen.tolist():
             if stop_at_eos and eos in row:
                 row = row[: row.index(eos) + 1]
             out.append(row)

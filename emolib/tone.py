@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from emolib import unembed
 from emolib.data import DATA_DIR
 from emolib.generation import generate_batch
 from emolib.nulls import null_percentile, null_summary
@@ -63,7 +64,6 @@ def batch_perplexity(model, prompts: Sequence[Sequence[int]], conts: Sequence[Se
     (for a 262k vocabulary it is most of the cost).
     """
     from emolib.hooks import residual_edit
-    from emolib.selfreport import _logits
 
     hf = model.original_model
     device = next(hf.parameters()).device
@@ -93,26 +93,29 @@ def batch_perplexity(model, prompts: Sequence[Sequence[int]], conts: Sequence[Se
                     acts[s + i] = seen["resid"][i, span].float().mean(0).cpu()
                 if len(c):
                     pos = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=device)
-                    lp = torch.log_softmax(_logits(hf, h[i, pos]), -1)  # [len(c), vocab]
-                    out[s + i] = float(torch.exp(-lp[torch.arange(len(c)), torch.tensor(list(c), device=device)].mean()))
+                    lp = unembed.log_probs(hf, h[i, pos], torch.tensor(list(c), device=device))  # [len(c)]
+                    out[s + i] = float(torch.exp(-lp.mean()))
     return out, acts
 
 
 def tone_experiment(model, prompts: Sequence[Sequence[int]], conditions: pd.DataFrame, added: torch.Tensor, *,
-                    layer: int, max_new_tokens: int, batch_size: int = 16, vectors=None,
-                    project: Sequence[str] = ()) -> pd.DataFrame:
+                    layer: int, max_new_tokens: int, batch_size: int = 16, generation_batch_size: int = 128,
+                    vectors=None, project: Sequence[str] = ()) -> pd.DataFrame:
     """One row per prompt x condition: continuation text, tone, fluency, and (with ``vectors``) the
     continuation's projection onto each emotion in ``project`` (columns ``proj_<emotion>``), read by
     the unsteered model.
 
     ``conditions`` has one row per condition (columns ``condition``, ``kind``, ``alpha``);
-    ``added`` ``[n_conditions, d_model]`` is each condition's vector (zero: unsteered).
+    ``added`` ``[n_conditions, d_model]`` is each condition's vector (zero: unsteered). Generation runs
+    ``generation_batch_size`` rows at a time (a step's weights, the 262k-wide unembedding above all, are
+    read once per batch), the perplexity pass ``batch_size``. In bfloat16 the batch's shape changes the
+    rounding, so a different batch size can change a few greedy tokens; the same one gives the same text.
     """
     P, C = len(prompts), len(conditions)
     all_prompts = [p for _ in range(C) for p in prompts]
     rows_added = added.float().repeat_interleave(P, dim=0)
     conts = generate_batch(model, all_prompts, max_new_tokens=max_new_tokens, added=rows_added, layer=layer,
-                           batch_size=batch_size, progress="tone (continuations)")
+                           batch_size=generation_batch_size, progress="tone (continuations)")
     tok = model.tokenizer
     texts = [tok.decode(c, skip_special_tokens=True).strip() for c in conts]
     ppl, acts = batch_perplexity(model, all_prompts, conts, batch_size=batch_size,
