@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import torch
 
-__all__ = ["resid_hook_name", "residual_edit", "count_live_hooks"]
+__all__ = ["resid_hook_name", "residual_edit", "fan_out", "count_live_hooks"]
 
 
 def resid_hook_name(layer: int, *, point: str = "resid_post") -> str:
@@ -49,3 +49,23 @@ def residual_edit(model, edits: Mapping[int, torch.Tensor | Callable[[torch.Tens
         hooks.append((resid_hook_name(layer, point=point), fn))
     with model.hooks(fwd_hooks=hooks):
         yield
+
+
+def fan_out(model, layer: int, vectors: torch.Tensor, *, skip_first: bool) -> contextlib.AbstractContextManager:
+    """Run the layers up to ``layer`` once, and the rest once per condition.
+
+    A pass of ``R`` rows leaves ``blocks.{layer}.hook_resid_post`` as ``C * R`` rows, condition-major
+    (row ``c * R + r`` is input row ``r`` plus ``vectors[c]``; ``vectors [C, d_model]``, a zero row
+    leaves a copy unsteered), at every position, or all but column 0 when ``skip_first`` (the BOS of a
+    pass that starts the sequence). Conditions that differ only from ``layer`` on share the work
+    below it. A KV cache made inside the block holds ``R`` rows up to ``layer`` and ``C * R`` after it;
+    a later pass on it must be fanned out the same way. Masks must broadcast over rows (no padding).
+    """
+    def edit(resid: torch.Tensor) -> torch.Tensor:  # [R, seq, d_model] -> [C * R, seq, d_model]
+        R = resid.shape[0]
+        v = vectors.to(resid.device, resid.dtype).repeat_interleave(R, dim=0)[:, None, :]
+        v = v.expand(-1, resid.shape[1], -1)
+        if skip_first:
+            v = torch.cat([torch.zeros_like(v[:, :1]), v[:, 1:]], dim=1)
+        return resid.repeat(vectors.shape[0], 1, 1) + v
+    return residual_edit(model, {layer: edit})

@@ -38,14 +38,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from emolib import unembed
 from emolib.chat import encode
-from emolib.hooks import residual_edit
+from emolib.hooks import fan_out, residual_edit
 from emolib.progress import report
 from emolib.scoring import choice_prompt, last_token_logits, letter_ids, span_mask
 from emolib.stats import bootstrap_mean_ci
 
 __all__ = ["Readout", "Where", "Item", "OrderScores", "Steering", "GATE_BOTH_ORDER_ACCURACY", "CONTENT_FREE_STEM",
-           "cloze_prefix", "option_logprobs", "score_items", "letter_mass", "validation_row", "validate",
+           "cloze_prefix", "option_logprobs", "score_items", "letter_mass", "credit", "validation_row", "validate",
            "choose_readout", "CACHE_MIN_PREFIX_TOKENS", "CACHE_MIN_OPTIONS", "option_logprobs_conditions",
            "content_conditions"]
 
@@ -135,14 +136,6 @@ def _pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.T
     return toks, mask
 
 
-def _unembed_normed(model, h: torch.Tensor) -> torch.Tensor:
-    """Unembedding (+ soft-capping) of already-normed final states ``[n, d_model]`` -> ``[n, vocab]`` float32."""
-    hf = model.original_model
-    logits = hf.lm_head(h).float()
-    cap = getattr(hf.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
-
-
 def _group_logprobs(model, pre: list[int], opts: list[list[int]], *, steering: Steering | None, where: Where,
                     batch_size: int) -> list[float]:
     """Mean log-probability of each option after one shared prefix, running the prefix once.
@@ -161,13 +154,14 @@ def _group_logprobs(model, pre: list[int], opts: list[list[int]], *, steering: S
         ctx = steering.at(model, m)
     with torch.no_grad(), ctx:
         out = hf.model(input_ids=prefix, use_cache=True)
-        first_logp = torch.log_softmax(_unembed_normed(model, out.last_hidden_state[0, -1:]), dim=-1)[0]  # [vocab]
+        firsts = torch.tensor([[o[0] for o in opts]], device=device)  # [1, n_options]
+        first_lp = unembed.log_probs(hf, out.last_hidden_state[0, -1:], firsts)[0].tolist()
     cache = out.past_key_values
     res = []
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     for s in range(0, len(opts), batch_size):
         chunk = opts[s: s + batch_size]
-        lps = [[float(first_logp[o[0]])] for o in chunk]
+        lps = [[first_lp[s + r]] for r in range(len(chunk))]
         longer = [k for k, o in enumerate(chunk) if len(o) > 1]
         if longer:
             # the last token of each option predicts nothing we score: feed o[:-1]
@@ -183,8 +177,7 @@ def _group_logprobs(model, pre: list[int], opts: list[list[int]], *, steering: S
             cols = torch.cat([torch.arange(len(chunk[k]) - 1) for k in longer])
             tgt = torch.tensor([t for k in longer for t in chunk[k][1:]], device=device)
             with torch.no_grad():
-                logp = torch.log_softmax(_unembed_normed(model, h[rows, cols]), dim=-1)
-            lp = logp[torch.arange(len(tgt)), tgt].double().cpu().numpy()
+                lp = unembed.log_probs(hf, h[rows, cols], tgt).double().cpu().numpy()
             start = 0
             for k in longer:
                 n = len(chunk[k]) - 1
@@ -220,8 +213,7 @@ def _batched_logprobs(model, pre: list[list[int]], opts: list[list[int]], *, ste
         cols = torch.cat([torch.arange(len(pre[i]) - 1, len(pre[i]) - 1 + len(opts[i])) for i in idx])
         tgt = torch.tensor([t for i in idx for t in opts[i]], device=device)
         with torch.no_grad():
-            logp = torch.log_softmax(_unembed_normed(model, h[rows, cols]), dim=-1)
-        lp = logp[torch.arange(len(tgt)), tgt].double().cpu().numpy()
+            lp = unembed.log_probs(hf, h[rows, cols], tgt).double().cpu().numpy()
         start = 0
         for i in idx:
             out[i] = lp[start: start + len(opts[i])].mean()
@@ -270,36 +262,16 @@ def option_logprobs(model, prefixes: Sequence[str], options: Sequence[str], *, b
     return out
 
 
-def _row_steering(model, layer: int, vectors: torch.Tensor, skip_first: bool) -> contextlib.AbstractContextManager:
-    """Add row ``i`` of ``vectors [batch, d_model]`` to row ``i`` of every pass inside the block, at every
-    position (all but column 0 when ``skip_first``: the BOS of a pass that starts the sequence)."""
-    def edit(resid: torch.Tensor) -> torch.Tensor:  # [batch, seq, d_model]
-        if resid.shape[0] != vectors.shape[0]:
-            raise ValueError(f"{vectors.shape[0]} steering rows for a pass of {resid.shape[0]}")
-        v = vectors.to(resid.device, resid.dtype)[:, None, :].expand_as(resid)
-        if skip_first:
-            v = torch.cat([torch.zeros_like(v[:, :1]), v[:, 1:]], dim=1)
-        return resid + v
-    return residual_edit(model, {layer: edit})
-
-
-def _logp_at(model, h: torch.Tensor, targets: torch.Tensor, *, chunk: int = 256) -> torch.Tensor:
-    """log P(target) from final states ``h [n, d_model]``: ``[n]`` float32, the 262k-wide unembedding in
-    chunks of ``chunk`` rows so it never holds more than one chunk's logits."""
-    out = [torch.log_softmax(_unembed_normed(model, h[s: s + chunk]), dim=-1)
-           .gather(1, targets[s: s + chunk, None])[:, 0] for s in range(0, len(h), chunk)]
-    return torch.cat(out) if out else torch.zeros(0)
-
-
-def option_logprobs_conditions(model, prefix: str, options: Sequence[str], vectors: torch.Tensor, *, layer: int,
-                               max_rows: int = 64) -> np.ndarray:
+def option_logprobs_conditions(model, prefix: str, options: Sequence[str], vectors: torch.Tensor, *,
+                               layer: int) -> np.ndarray:
     """Mean log-probability of each option after one shared ``prefix``, under each of ``C`` steering
     vectors ``vectors [C, d_model]`` added at ``layer`` on the whole prompt (prefix and option; BOS never):
     ``[C, n_options]``. A zero row is the unsteered model.
 
-    The conditions share the batch axis: the prefix runs once as ``C`` rows (one per condition) and every
-    option runs on that KV cache, so a scenario costs one prefix pass for all its conditions and options.
-    Equal to :func:`option_logprobs` with each condition's :class:`Steering` and ``Where.ALL``.
+    The conditions share the batch axis, and share the work they have in common: the prefix and each
+    option run once through the layers up to ``layer`` (identical under every condition) and as ``C``
+    rows after it (:func:`emolib.hooks.fan_out`); every option runs on the prefix's KV cache. Equal to
+    :func:`option_logprobs` with each condition's :class:`Steering` and ``Where.ALL`` (tested).
     """
     tok, hf = model.tokenizer, model.original_model
     device = next(model.parameters()).device
@@ -308,43 +280,22 @@ def option_logprobs_conditions(model, prefix: str, options: Sequence[str], vecto
         raise ValueError("an option has no tokens")
     C = vectors.shape[0]
     pre = encode(tok, prefix)
-    with torch.no_grad(), _row_steering(model, layer, vectors, skip_first=True):
-        out = hf.model(input_ids=torch.tensor([pre] * C, device=device), use_cache=True)
-    last = out.last_hidden_state[:, -1]  # [C, d_model]
-    cache = out.past_key_values
-    lps = np.zeros((C, len(opts)))
-    firsts = torch.tensor([o[0] for o in opts], device=device)
-    with torch.no_grad():
-        first_lp = torch.log_softmax(_unembed_normed(model, last), dim=-1)[:, firsts]  # [C, n_options]
-    counts = np.array([len(o) for o in opts], dtype=float)
-    lps += first_lp.double().cpu().numpy()
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    longer = [k for k, o in enumerate(opts) if len(o) > 1]
-    b = max(1, max_rows // C)
-    for s in range(0, len(longer), b):
-        ks = longer[s: s + b]
-        toks, mask = _pad([opts[k][:-1] for k in ks], pad)  # [b, w]; the last token predicts nothing scored
-        n = len(ks)
-        c = copy.deepcopy(cache)
-        c.batch_repeat_interleave(n)  # rows: condition-major, option-minor
-        toks, mask = toks.repeat(C, 1), mask.repeat(C, 1)
-        att = torch.cat([torch.ones(C * n, len(pre), dtype=torch.long), mask], dim=1)
-        with torch.no_grad(), _row_steering(model, layer, vectors.repeat_interleave(n, 0), skip_first=False):
-            h = hf.model(input_ids=toks.to(device), attention_mask=att.to(device), past_key_values=c,
-                         use_cache=True).last_hidden_state  # [C * n, w, d_model]
-        rows, cols, tgt, owner = [], [], [], []
-        for r in range(C * n):
-            ci, j = divmod(r, n)
-            o = opts[ks[j]]
-            rows += [r] * (len(o) - 1)
-            cols += list(range(len(o) - 1))
-            tgt += o[1:]
-            owner += [(ci, ks[j])] * (len(o) - 1)
-        with torch.no_grad():
-            lp = _logp_at(model, h[torch.tensor(rows), torch.tensor(cols)], torch.tensor(tgt, device=device))
-        for (ci, k), v in zip(owner, lp.double().cpu().numpy()):
-            lps[ci, k] += v
-    return lps / counts[None, :]
+    with torch.no_grad(), fan_out(model, layer, vectors, skip_first=True):
+        out = hf.model(input_ids=torch.tensor([pre], device=device), use_cache=True)
+        cache = out.past_key_values  # layers up to ``layer``: one row; after it: C rows
+        firsts = torch.tensor([o[0] for o in opts], device=device)
+        lps = unembed.log_probs(hf, out.last_hidden_state[:, -1], firsts[None, :].expand(C, -1)).double().cpu().numpy()
+    for k, o in enumerate(opts):
+        if len(o) == 1:
+            continue
+        # the option's last token predicts nothing that is scored: feed o[:-1]; no padding, so no mask
+        with torch.no_grad(), fan_out(model, layer, vectors, skip_first=False):
+            h = hf.model(input_ids=torch.tensor([o[:-1]], device=device), past_key_values=copy.deepcopy(cache),
+                         use_cache=True).last_hidden_state  # [C, len(o) - 1, d_model]
+            tgt = torch.tensor(o[1:], device=device)[None, :].expand(C, -1)
+            lp = unembed.log_probs(hf, h.reshape(-1, h.shape[-1]), tgt.reshape(-1)).view(C, -1)
+        lps[:, k] += lp.double().sum(1).cpu().numpy()
+    return lps / np.array([len(o) for o in opts], dtype=float)[None, :]
 
 
 def content_conditions(model, items: Sequence[Item], readout: Readout, vectors: torch.Tensor, *, layer: int,
@@ -450,14 +401,26 @@ def letter_mass(scores: OrderScores) -> float:
     return float("nan") if scores.mass is None else float(scores.mass.mean())
 
 
+def credit(scores: OrderScores) -> np.ndarray:
+    """Per item, 1 when the content preference picks ``first``, 0 when it picks ``second``, and 0.5 for
+    a tie (exactly 0: the readout cannot tell the options apart) ``[n_items]``."""
+    return np.where(scores.content > 0, 1.0, np.where(scores.content == 0, 0.5, 0.0))
+
+
 def validation_row(scores: OrderScores, *, seed: int = 0) -> dict:
-    """Accuracy of the content preference (ties count as wrong), its bootstrap CI, both-order accuracy."""
-    correct = (scores.content > 0).astype(float)
+    """Accuracy of the content preference, its bootstrap CI, both-order accuracy and the number of ties.
+
+    A tie (content preference exactly 0: the readout cannot tell the options apart, as a bfloat16 letter
+    logit that is the same in both orders) counts half, so a readout that says nothing scores 50%, not
+    less. Both-order accuracy needs the right answer in each order separately: a tie fails it.
+    """
+    correct = credit(scores)
     both = ((scores.order1 > 0) & (scores.order2 > 0)).astype(float)
     lo, hi = bootstrap_mean_ci(correct, seed=seed)
     blo, bhi = bootstrap_mean_ci(both, seed=seed)
     row = {"readout": scores.readout.value, "accuracy": float(correct.mean()), "accuracy_ci": [lo, hi],
-           "both_order_accuracy": float(both.mean()), "both_order_accuracy_ci": [blo, bhi], "n": int(len(correct))}
+           "both_order_accuracy": float(both.mean()), "both_order_accuracy_ci": [blo, bhi], "n": int(len(correct)),
+           "ties": int((scores.content == 0).sum())}
     if scores.letter_logit is not None:
         row["letter_mass"] = letter_mass(scores)
         row["p_a"] = float((1 / (1 + np.exp(-scores.letter_logit))).mean())

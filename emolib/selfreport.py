@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from emolib import unembed
+from emolib.hooks import fan_out
 from emolib.chat import encode, format_chat
 from emolib.progress import report
 
@@ -58,13 +60,6 @@ def word_ids(tokenizer, words: Sequence[str]) -> list[list[int]]:
     return [list(tokenizer(" " + w, add_special_tokens=False).input_ids) for w in words]
 
 
-def _logits(hf, hidden: torch.Tensor) -> torch.Tensor:
-    """float32 next-token logits ``[..., vocab]`` from final hidden states (softcapped where the model is)."""
-    logits = hf.lm_head(hidden.to(hf.lm_head.weight.dtype)).float()
-    cap = getattr(hf.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
-
-
 def _later_subsets(hf, hs: dict, words, multi, k: int):
     """Per later token of each multi-token word, the ``k`` most likely tokens under the unsteered
     context (the target always among them), their unembedding rows and the probability mass they hold.
@@ -75,7 +70,7 @@ def _later_subsets(hf, hs: dict, words, multi, k: int):
     for kk in multi:
         w = words[kk]
         for p in range(len(w) - 1):
-            full = torch.log_softmax(_logits(hf, hs[kk][0, p][None].float()), -1)[0]  # [vocab]
+            full = torch.log_softmax(unembed.logits(hf, hs[kk][0, p][None]), -1)[0]  # [vocab]
             top = torch.topk(full, min(k, full.shape[0])).indices
             if w[p + 1] not in top:
                 top[-1] = w[p + 1]
@@ -105,8 +100,6 @@ def score_words(model, context: Sequence[int], words: Sequence[Sequence[int]], *
     :attr:`WordScores.later_coverage` says hold nearly all the mass; ``None`` normalises them over the
     whole vocabulary too (exact, and for a 262k vocabulary most of the cost).
     """
-    from emolib.hooks import residual_edit
-
     hf = model.original_model
     device = next(hf.parameters()).device
     T = len(context)
@@ -119,21 +112,16 @@ def score_words(model, context: Sequence[int], words: Sequence[Sequence[int]], *
     out = []
 
     def run(a: torch.Tensor):  # a: [C, d_model] -> (scores [C, W], later hidden states or None)
+        # The layers up to ``layer`` are the same under every condition: they run once (fan_out).
         C = a.shape[0]
-        ids = torch.tensor([list(context)] * C, device=device)
-
-        def edit(resid):  # [C, T, d_model]: every context position but BOS
-            v = a.to(device=resid.device, dtype=resid.dtype)[:, None, :].expand(-1, resid.shape[1], -1).clone()
-            v[:, 0] = 0
-            return resid + v
-
-        with residual_edit(model, {layer: edit}):
-            res = hf.model(input_ids=ids, use_cache=bool(multi))
-        lp = torch.log_softmax(_logits(hf, res.last_hidden_state[:, -1]), -1)  # [C, vocab]
-        scores = lp[:, first].clone()  # [C, W]
+        with fan_out(model, layer, a, skip_first=True):
+            res = hf.model(input_ids=torch.tensor([list(context)], device=device), use_cache=bool(multi))
+        scores = unembed.log_probs(hf, res.last_hidden_state[:, -1], first[None, :].expand(C, -1))  # [C, W]
         if not multi:
             return scores, None
         # One cached pass per word length: no row pads, so the pass holds exactly the later tokens' inputs.
+        # The words are not steered; they run as M rows up to ``layer`` and C * M rows after it, where
+        # the cache holds each condition's steered context (row c * M + j: condition c, word j).
         hs = {}
         groups = sorted({len(words[k]) for k in multi})
         for n, length in enumerate(groups):
@@ -141,12 +129,14 @@ def score_words(model, context: Sequence[int], words: Sequence[Sequence[int]], *
             M = len(ks)
             cache = res.past_key_values if n == len(groups) - 1 else copy.deepcopy(res.past_key_values)
             cache.batch_repeat_interleave(M)
-            inp = torch.tensor([words[k][:-1] for k in ks] * C).view(C, M, length - 1)  # row c*M + j
-            inp = inp.reshape(C * M, length - 1)
-            pos = (T + torch.arange(length - 1))[None, :].expand(C * M, -1)
-            mask = torch.ones(C * M, T + length - 1, dtype=torch.long)
-            h = hf.model(input_ids=inp.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                         past_key_values=cache, use_cache=True).last_hidden_state  # [C*M, length-1, d_model]
+            inp = torch.tensor([words[k][:-1] for k in ks], device=device)  # [M, length - 1]
+            pos = (T + torch.arange(length - 1, device=device))[None, :]
+            # one causal mask for every row ([1, 1, q, T + q], True = attend): it must broadcast over the
+            # C * M rows after ``layer``, which a mask built for the M input rows would not
+            att = torch.ones(length - 1, T + length - 1, dtype=torch.bool, device=device).tril(diagonal=T)[None, None]
+            with fan_out(model, layer, torch.zeros_like(a), skip_first=False):
+                h = hf.model(input_ids=inp, attention_mask=att, position_ids=pos, past_key_values=cache,
+                             use_cache=True).last_hidden_state  # [C*M, length-1, d_model]
             for j, k in enumerate(ks):
                 hs[k] = h[j::M]  # [C, length-1, d_model]
         for k in multi:
@@ -154,7 +144,7 @@ def score_words(model, context: Sequence[int], words: Sequence[Sequence[int]], *
             for p in range(len(w) - 1):
                 hp = hs[k][:, p].float()  # [C, d_model]
                 if subsets is None:
-                    scores[:, k] += torch.log_softmax(_logits(hf, hp), -1)[:, w[p + 1]]
+                    scores[:, k] += unembed.log_probs(hf, hp, torch.full((C,), w[p + 1], device=device))
                 else:
                     wsub, target = subsets[(k, p)]
                     logits = hp @ wsub.T  # [C, k], float32

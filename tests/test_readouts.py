@@ -187,9 +187,34 @@ def test_conditions_on_the_batch_axis_equal_one_condition_at_a_time(tiny_model):
             st = None if c == 0 else readouts.Steering(layer, v)
             ref = readouts.score_items(tiny_model, items, readout, steering=st, where=readouts.Where.ALL).content
             np.testing.assert_allclose(got[c], ref, atol=1e-4, err_msg=f"{readout} condition {c}")
-    # options of different lengths after one prefix, more options than fit in one option batch
+    # options of different lengths after one prefix
     opts = ["x", "the long way round", "a b c d e", "tea"]
-    lp = readouts.option_logprobs_conditions(tiny_model, "Answer:", opts, vecs, layer=layer, max_rows=4)
+    lp = readouts.option_logprobs_conditions(tiny_model, "Answer:", opts, vecs, layer=layer)
     for c, v in enumerate(vecs):
         ref = readouts.option_logprobs(tiny_model, ["Answer:"] * 4, opts, steering=readouts.Steering(layer, v))
         np.testing.assert_allclose(lp[c], ref, atol=1e-4)
+
+
+def test_letter_readout_recovers_a_planted_content_preference_with_its_sign(tiny_model, monkeypatch):
+    """A fake letter scorer whose logit P(A) is b + c when ``first`` is listed as (A) and b - c when it is
+    (B): score_items must return content c (right sign, right order), and validation must credit it."""
+    items = [Item("Which is an animal?", "the fox", "the market"), Item("Which is food?", "bread", "windows"),
+             Item("Which is weather?", "the storm", "cheese"), Item("Which city?", "Paris", "apples")]
+    c = np.array([1.5, 0.7, -0.4, 0.0])  # the last item: no content preference at all (a tie)
+    b = 2.0                              # a strong bias toward A, the same in both orders
+
+    def fake(model, prompts, spans, *, batch_size, steering, where):
+        n = len(items)
+        logit = np.concatenate([b + c, b - c])  # order 1 lists first as (A); order 2 as (B)
+        for k, (p, it) in enumerate(zip(prompts, items + items)):
+            assert ("(A) " + it.first in p) == (k < n)  # the prompts come in the order the algebra assumes
+        return logit, np.full(2 * n, 0.9)
+
+    monkeypatch.setattr(readouts, "_letter_logits", fake)
+    s = readouts.score_items(tiny_model, items, Readout.LETTER)
+    np.testing.assert_allclose(s.content, c)
+    np.testing.assert_allclose(s.letter_bias, b)
+    row = readouts.validation_row(s)
+    assert row["accuracy"] == (1 + 1 + 0 + 0.5) / 4 and row["ties"] == 1
+    np.testing.assert_allclose(readouts.credit(s), [1, 1, 0, 0.5])
+    assert row["both_order_accuracy"] == 0.0  # the bias (2.0) outweighs every content preference in order 2

@@ -194,3 +194,37 @@ def test_bad_steering_arguments(tiny_model, vecs):
     assert count_live_hooks(tiny_model) == 0
 
 
+
+
+def test_fan_out_runs_the_lower_layers_once_and_equals_one_pass_per_condition(tiny_model):
+    """R input rows leave the layer as C * R rows (condition-major), each equal to a separate steered pass."""
+    from emolib.hooks import fan_out, residual_edit
+
+    hf = tiny_model.original_model
+    a, b = encode(tiny_model.tokenizer, "The quick brown fox"), encode(tiny_model.tokenizer, "She walked to the shop")
+    n = min(len(a), len(b))
+    ids = torch.tensor([a[:n], b[:n]])  # no padding: fan_out needs masks that broadcast over rows
+    g = torch.Generator().manual_seed(0)
+    vecs = torch.randn(3, tiny_model.cfg.d_model, generator=g) * 3
+    vecs[1] = 0
+    calls = {"n": 0}
+
+    def count(resid):
+        calls["n"] += 1
+        return resid
+
+    with torch.no_grad():
+        with fan_out(tiny_model, 1, vecs, skip_first=True), residual_edit(tiny_model, {0: count}):
+            out = hf.model(input_ids=ids).last_hidden_state  # [3 * 2, 5, d]
+        assert out.shape[0] == 6 and calls["n"] == 1  # layer 0 ran once, on the 2 input rows
+        for c in range(3):
+            add = vecs[c].clone()
+
+            def edit(resid, add=add):
+                v = add.expand_as(resid).clone()
+                v[:, 0] = 0  # BOS never
+                return resid + v
+            with residual_edit(tiny_model, {1: edit}):
+                ref = hf.model(input_ids=ids).last_hidden_state
+            torch.testing.assert_close(out[2 * c: 2 * c + 2], ref, atol=1e-5, rtol=1e-5)
+    assert count_live_hooks(tiny_model) == 0
