@@ -28,14 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save
 
 from emolib._io import atomic_write_bytes
 from emolib.chat import encode
 from emolib.hooks import resid_hook_name
 from emolib.models import CACHE_MARKER, cache_root
 from emolib.progress import report
+from emolib.sealed import Damaged, open_sealed, seal
 
 __all__ = ["POOLINGS", "DEFAULT_START", "CaptureResult", "CaptureCacheError", "capture", "model_fingerprint",
            "tokenize", "mean_resid_norms", "residual_norm_profile"]
@@ -179,38 +178,8 @@ def _cache_dir(model, token_ids, layers, pooling, start) -> Path:
     return cache_root() / "activations" / h.hexdigest()[:24]
 
 
-class _Damaged(Exception):
-    """A cache file failed its checks; the message says how (the caller decides the remedy)."""
-
-
-def _digest(t: torch.Tensor, meta: dict[str, str]) -> str:
-    """sha256 over the tensor's dtype, shape and bytes and the file's other metadata."""
-    h = hashlib.sha256(json.dumps({"dtype": str(t.dtype), "shape": list(t.shape), "meta": meta},
-                                  sort_keys=True).encode())
-    h.update(t.contiguous().numpy().data)
-    return h.hexdigest()
-
-
-def _encode(t: torch.Tensor, meta: dict[str, str]) -> bytes:
-    """A cache file: ``activations`` plus metadata, sealed with ``_digest`` so that any garbled byte
-    (tensor data included, which safetensors itself never checks) is caught on load."""
-    t = t.contiguous()
-    return save({"activations": t}, metadata={**meta, "sha256": _digest(t, meta)})
-
-
 def _load_checked(path: Path, n: int, n_layers: int, d_model: int) -> tuple[torch.Tensor, dict[str, str]]:
-    try:
-        t = load_file(str(path))["activations"]
-        with safe_open(str(path), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-    except (SafetensorError, KeyError, OSError, ValueError) as exc:
-        raise _Damaged(f"are unreadable ({exc})") from exc
-    if tuple(t.shape) != (n, n_layers, d_model) or t.dtype != torch.float32:
-        raise _Damaged(f"have shape {tuple(t.shape)} {t.dtype}, expected {(n, n_layers, d_model)} float32")
-    recorded = meta.pop("sha256", None)
-    if recorded != _digest(t, meta):
-        raise _Damaged("do not match their recorded sha256 (corrupted on disk)")
-    return t, meta
+    return open_sealed(path, "activations", (n, n_layers, d_model))
 
 
 def capture(model, texts: list[str], *, layers: list[int] | tuple[int, ...] | None = None,
@@ -233,7 +202,7 @@ def capture(model, texts: list[str], *, layers: list[int] | tuple[int, ...] | No
     if final.exists():
         try:
             acts, meta = _load_checked(final, n, len(layers), d)
-        except _Damaged as exc:
+        except Damaged as exc:
             # The final file is only ever written from verified parts, so damage to it happened on disk
             # later: stop and say so rather than quietly recompute over a failing disk.
             raise CaptureCacheError(f"cached activations {final} {exc}; delete {directory} to recompute "
@@ -253,7 +222,7 @@ def capture(model, texts: list[str], *, layers: list[int] | tuple[int, ...] | No
         if path.exists():
             try:
                 part, meta = _load_checked(path, len(chunk), len(layers), d)
-            except _Damaged as exc:
+            except Damaged as exc:
                 # A chunk is a resumable partial result: recomputing it is cheap and always right.
                 print(f"emolib: cached chunk {path} {exc}; recomputing it", file=sys.stderr)
                 path.unlink(missing_ok=True)
@@ -266,7 +235,7 @@ def capture(model, texts: list[str], *, layers: list[int] | tuple[int, ...] | No
         res = _run(model, token_ids, chunk, layers, pooling, start, batch_size, False, None, bar=bar)
         n_tok += res.n_tokens
         seconds += res.seconds
-        atomic_write_bytes(path, _encode(res.activations, {"n_tokens": str(res.n_tokens),
+        atomic_write_bytes(path, seal("activations", res.activations, {"n_tokens": str(res.n_tokens),
                                                            "seconds": repr(res.seconds)}))
         parts.append(res.activations)
     bar.close()
@@ -275,7 +244,7 @@ def capture(model, texts: list[str], *, layers: list[int] | tuple[int, ...] | No
     acts[torch.tensor(order)] = pooled
     meta = {"layers": json.dumps(layers), "pooling": pooling, "start": str(start), "n_texts": str(n),
             "n_tokens": str(n_tok), "seconds": repr(seconds)}
-    atomic_write_bytes(final, _encode(acts, meta))
+    atomic_write_bytes(final, seal("activations", acts, meta))
     for p in directory.glob("chunk-*.safetensors"):
         p.unlink()
     return CaptureResult(acts, layers, n_tok, seconds, False)

