@@ -19,11 +19,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import stats as _st
 
 from emolib.capture import capture
-import torch
-
 from emolib.readouts import (CONTENT_FREE_STEM, Item, OrderScores, Readout, Steering, Where, cloze_prefix,
                               content_conditions, option_logprobs, score_items)
 from emolib.stats import bootstrap_mean_ci
@@ -269,12 +268,12 @@ def ethics_dose_response(model, vectors, layer: int, norms: dict, items: Sequenc
     d = vectors.d_model
     vecs = torch.stack([torch.zeros(d) if st is None else st.vector.float().cpu() for st in steer])
     lo = content_conditions(model, items, readout, vecs, layer=layer, progress="ethics (scenarios)")
-    lo0, rows, i = lo[0], [], 1
-    for a in alphas:
-        nulls = [lo[i + k] - lo0 for k in range(n_random)]
-        i += n_random
-        effects = {e: lo[i + j] - lo0 for j, e in enumerate(emotions)}
-        i += len(emotions)
+    lo0 = lo[0]
+    per_alpha = lo[1:].reshape(len(alphas), n_random + len(emotions), len(items))  # the order ``steer`` was built in
+    rows = []
+    for a, block in zip(alphas, per_alpha):
+        nulls = list(block[:n_random] - lo0)
+        effects = {e: block[n_random + j] - lo0 for j, e in enumerate(emotions)}
         rows += [{"emotion": e, "alpha": float(a), **t} for e, t in paired_effects(effects, nulls, seed=seed).items()]
     dose = pd.DataFrame(rows)
     dose["p_holm"] = holm_adjust(dose.p.to_numpy())

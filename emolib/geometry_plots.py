@@ -68,14 +68,15 @@ def decoding_bars(table: pd.DataFrame, *, title: str = ""):
 
 
 def covariate_heatmap(r: pd.DataFrame, *, title: str = ""):
-    """Signed r of each top PC (rows) with each covariate (columns)."""
+    """Signed r of each top PC (rows) with each covariate (columns); "n/a" where r is undefined (NaN)."""
     fig, ax = plt.subplots(figsize=(1.3 * r.shape[1] + 2, 0.5 * r.shape[0] + 1.5))
     im = ax.imshow(r.to_numpy(float), cmap="RdBu_r", vmin=-1, vmax=1)
     ax.set_xticks(range(r.shape[1]), list(r.columns), rotation=30, ha="right")
     ax.set_yticks(range(r.shape[0]), list(r.index))
     for i in range(r.shape[0]):
         for j in range(r.shape[1]):
-            ax.text(j, i, f"{r.iat[i, j]:.2f}", ha="center", va="center", fontsize=8)
+            v = r.iat[i, j]
+            ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046, label="Pearson r")
     ax.set_title(title)
     fig.tight_layout()

@@ -244,10 +244,12 @@ def pooling_sweep(model, ca, layer: int, idx: list[int], y: np.ndarray, *, quick
 
 def pc_covariate_r(vectors, covariates: pd.DataFrame, *, n_pcs: int = 3) -> pd.DataFrame:
     """Pearson r of PC1..n scores (deterministic sign, see :func:`emolib.geometry.pca`) with each
-    covariate column; ``covariates`` rows align with the vectors' rows. ``[n_pcs, n_cov]``."""
+    covariate column; ``covariates`` rows align with the vectors' rows. ``[n_pcs, n_cov]``. A covariate
+    that is the same for every row has no correlation: its column is NaN, not 0."""
     scores, _, _ = pca(vectors, n_components=n_pcs)
     c = covariates.to_numpy(dtype=float)
     r = _corr_rows(np.repeat(scores.T, c.shape[1], 0), np.tile(c.T, (scores.shape[1], 1)))
+    r = np.where(np.tile(c.std(0) > 0, scores.shape[1]), r, np.nan)
     return pd.DataFrame(r.reshape(scores.shape[1], c.shape[1]), index=[f"PC{j + 1}" for j in range(scores.shape[1])],
                         columns=list(covariates.columns))
 
