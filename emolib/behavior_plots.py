@@ -12,7 +12,7 @@ __all__ = ["readout_validation", "logodds_dose_response"]
 
 def readout_validation(table: pd.DataFrame, *, threshold: float, title: str = ""):
     """Accuracy and both-order accuracy per readout with their CIs, and the gate threshold."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    fig, ax = plt.subplots(figsize=(8.0, 3.2))
     x = np.arange(len(table))
     for k, (col, label) in enumerate([("accuracy", "accuracy (content preference)"),
                                       ("both_order_accuracy", "correct in both orders")]):
@@ -25,7 +25,8 @@ def readout_validation(table: pd.DataFrame, *, threshold: float, title: str = ""
     ax.set_xticks(x, table.index)
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"control questions (n = {int(table.n.iloc[0])})")
-    ax.legend(fontsize=7, frameon=False, loc="upper right")
+    # beside the axes: inside, the gate line ran through the legend
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig

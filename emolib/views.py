@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["HtmlView", "tabs", "token_colours", "token_view", "steered_examples"]
+__all__ = ["HtmlView", "tabs", "token_colours", "token_view", "steered_examples", "rounded"]
 
 # Generic rules: the k-th radio button shows the k-th panel. Panels are the only <div>s and the
 # buttons the only <input>s among a tab set's children, so nth-of-type pairs them without ids.
@@ -137,3 +137,13 @@ def steered_examples(grid: pd.DataFrame, *, prompts: Sequence[str], unit: str = 
         table = f'<table class="emo-steer"><tr><th class="a"></th>{head}</tr>{"".join(rows)}</table>'
         panels.append(("random (control)" if e == "random" else e, table))
     return tabs(panels, caption="pick a steering direction; each row is one strength, each column one prompt")
+
+
+def rounded(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """``df`` for display: numbers rounded, and the numbers inside list cells (CIs, null bands) too,
+    which ``DataFrame.round`` leaves at full precision."""
+    def cell(v):
+        if isinstance(v, (list, tuple, np.ndarray)) and all(isinstance(x, (int, float, np.number)) for x in v):
+            return [round(float(x), digits) for x in v]
+        return v
+    return df.round(digits).map(cell)

@@ -68,3 +68,14 @@ def test_show_saves_and_closes_and_returns_nothing(tmp_path):
     f1, a1 = plt.subplots(); a1.plot([0, 1])
     f2, a2 = plt.subplots(); a2.plot([0, 1])
     assert plots.png_bytes(f1) == plots.png_bytes(f2)
+
+
+def test_rounded_rounds_numbers_inside_list_cells_too():
+    import pandas as pd
+
+    from emolib.views import rounded
+
+    df = pd.DataFrame({"x": [0.123456, 2.0], "ci": [[0.1111111, 0.2222222], [1.0, 3.3333333]], "name": ["a", "b"]})
+    out = rounded(df, 2)
+    assert out.x.tolist() == [0.12, 2.0] and out.ci.tolist() == [[0.11, 0.22], [1.0, 3.33]]
+    assert out.name.tolist() == ["a", "b"] and df.ci[0] == [0.1111111, 0.2222222]  # the input is left as it was
