@@ -438,6 +438,7 @@ def load_model(name: str = "gemma-3-270m", *, device: str | torch.device = "auto
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    from emolib.lean import lean
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-tensor loading bars would fill every chapter's output
@@ -460,6 +461,7 @@ def load_model(name: str = "gemma-3-270m", *, device: str | torch.device = "auto
                                  f"({_first_line(exc)})") from exc
     bridge.eval()
     bridge.emolib_source = {"name": name, "kind": kind, "location": location}
+    bridge.emolib_lean = lean(bridge)
     return bridge
 
 
