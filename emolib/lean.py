@@ -91,11 +91,9 @@ def lean(model) -> dict[str, int]:
         model.original_model.set_attn_implementation(LEAN_ATTENTION)
     except (ValueError, ImportError):
         attention = False
-    seen: set[int] = set()
-    for module in model.modules():
-        if id(module) in seen or "forward" in module.__dict__:
-            continue
-        seen.add(id(module))
+    for module in model.modules():  # each module once, however many names it has
+        if "forward" in module.__dict__:
+            continue  # already lean
         if isinstance(module, NormalizationBridge):
             counts["norms"] += _lean_norm(module)
         elif attention and type(module) is PositionEmbeddingsAttentionBridge:

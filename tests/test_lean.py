@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformer_lens.hook_points import HookPoint
 
 from conftest import real_model
 from emolib.capture import capture
@@ -94,7 +95,7 @@ def test_an_editing_inner_hook_changes_the_output(tiny_model):
 
 
 def test_hooks_are_left_as_they_were(tiny_model):
-    points = [m for m in tiny_model.modules() if m.__class__.__name__ == "HookPoint"]
+    points = [m for m in tiny_model.modules() if isinstance(m, HookPoint)]
     assert points and not any(p._forward_hooks for p in points)
 
 
