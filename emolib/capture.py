@@ -42,8 +42,9 @@ __all__ = ["POOLINGS", "DEFAULT_START", "CaptureResult", "CaptureCacheError", "c
 POOLINGS = ("mean", "last", "all")
 DEFAULT_START = 10
 # 2: every file carries a sha256 of its contents; 3: attention through sdpa (emolib.lean), rounding-level
-# differences from 2, so activations cached before are not mixed with new ones
-CAPTURE_VERSION = 3
+# differences from 2, so activations cached before are not mixed with new ones; 4: the mean is one float32
+# batched product with span weights (float32 rounding-level differences from a per-text sum)
+CAPTURE_VERSION = 4
 
 
 class CaptureCacheError(RuntimeError):
@@ -117,9 +118,52 @@ def _validate(model, texts, layers, pooling, start, batch_size) -> tuple[int, ..
     return layers
 
 
+class _Pooler:
+    """The capture hooks for ``layers``: registered once for many batches, each batch setting its spans.
+
+    Entering ``model.hooks`` rebuilds the bridge's map of every hook name (twice: forward and backward
+    lists), which is a few milliseconds; once per batch that was a measurable part of a capture.
+    """
+
+    def __init__(self, layers: tuple[int, ...], pooling: str):
+        self.layers, self.pooling, self.deepest = layers, pooling, max(layers)
+        self.weights: torch.Tensor | None = None   # [batch, 1, pos] float32: 1/n on each text's span
+        self.first = 0                              # the earliest pooled position in the batch
+        self.last_idx: torch.Tensor | None = None
+        self.got: dict[int, torch.Tensor] = {}
+
+    def hooks(self) -> list:
+        return [(resid_hook_name(layer), self._hook(layer)) for layer in self.layers]
+
+    def _hook(self, layer: int):
+        def hook(resid, hook):
+            r = resid.detach()
+            if self.pooling == "mean":
+                # Every text's span mean as one float32 batched product with span weights, from the first
+                # pooled position on: one conversion and one kernel a layer, where a per-text sum was three
+                # small kernels per text (half the time of this hook, 2-3% of a bfloat16 capture).
+                self.got[layer] = torch.bmm(self.weights, r[:, self.first:].float())[:, 0]
+            elif self.pooling == "last":
+                self.got[layer] = r[torch.arange(r.shape[0], device=r.device), self.last_idx].float()
+            else:
+                self.got[layer] = r.float()
+            if layer == self.deepest:
+                raise _StopForward
+            return resid
+        return hook
+
+
 def _forward_batch(model, batch: list[list[int]], layers: tuple[int, ...], pooling: str, start: int, *,
-                   keep_bos: bool = False):
-    """Run one right-padded batch; return pooled ``[batch, n_layers, d_model]`` or per-token lists."""
+                   keep_bos: bool = False, pooler: _Pooler | None = None):
+    """Run one right-padded batch; return pooled ``[batch, n_layers, d_model]`` or per-token lists.
+
+    ``pooler``: hooks already registered on ``model`` (by the caller, for many batches); without it,
+    this batch registers its own and removes them.
+    """
+    if pooler is None:
+        pooler = _Pooler(layers, pooling)
+        with model.hooks(fwd_hooks=pooler.hooks()):
+            return _forward_batch(model, batch, layers, pooling, start, keep_bos=keep_bos, pooler=pooler)
     device = next(model.parameters()).device
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     lengths = torch.tensor([len(ids) for ids in batch])
@@ -134,34 +178,22 @@ def _forward_batch(model, batch: list[list[int]], layers: tuple[int, ...], pooli
     for n in lengths.tolist():
         lo = max(start, 1) if n > max(start, 1) else (1 if n > 1 else 0)
         spans.append((lo, n))
-    last_idx = (lengths - 1).to(device)
-    got: dict[int, torch.Tensor] = {}
+    pooler.first = min(lo for lo, _ in spans)
+    weights = torch.zeros(len(batch), 1, width - pooler.first)
+    for i, (lo, hi) in enumerate(spans):
+        weights[i, 0, lo - pooler.first: hi - pooler.first] = 1.0 / (hi - lo)
+    pooler.weights = weights.to(device)
+    pooler.last_idx = (lengths - 1).to(device)
+    pooler.got = {}
     deepest = max(layers)
-
-    def make_hook(layer):
-        def hook(resid, hook):
-            r = resid.detach()
-            if pooling == "mean":
-                # A sum over each text's own span, accumulated in float32: no float32 copy of the whole
-                # [batch, pos, d_model] stream and no masked product (together 8% of a bfloat16 capture).
-                got[layer] = torch.stack([r[i, lo:hi].sum(0, dtype=torch.float32) / (hi - lo)
-                                          for i, (lo, hi) in enumerate(spans)])
-            elif pooling == "last":
-                got[layer] = r[torch.arange(r.shape[0], device=r.device), last_idx].float()
-            else:
-                got[layer] = r.float()
-            if layer == deepest:
-                raise _StopForward
-            return resid
-        return hook
-
-    hooks = [(resid_hook_name(layer), make_hook(layer)) for layer in layers]
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+    with torch.no_grad():
         try:
-            model(toks.to(device), attention_mask=mask.to(device),
+            # use_cache=False: a pass that is only read needs no key/value cache (HF builds one by default).
+            model(toks.to(device), attention_mask=mask.to(device), use_cache=False,
                   stop_at_layer=deepest + 1 if deepest + 1 < model.cfg.n_layers else None)
         except _StopForward:
             pass
+    got, pooler.got = pooler.got, {}
     stacked = torch.stack([got[layer] for layer in layers], dim=1).cpu()
     if pooling == "all":
         # [batch, n_layers, pos, d] -> per text [n_tokens, n_layers, d], BOS dropped
@@ -287,16 +319,18 @@ def _run(model, token_ids, index, layers, pooling, start, batch_size, show, n_to
     bar = _bar(-(-len(index) // batch_size), show, "capture") if own_bar else bar
     outs, n_tok = [], 0
     t0 = time.perf_counter()
-    for b in range(0, len(index), batch_size):
-        batch = [token_ids[i] for i in index[b: b + batch_size]]
-        out = _forward_batch(model, batch, layers, pooling, start)
-        if pooling == "all":
-            outs.extend(out)
-            n_tok += sum(map(len, batch))
-        else:
-            outs.append(out[0])
-            n_tok += out[1]
-        bar.update(1)
+    pooler = _Pooler(layers, pooling)
+    with model.hooks(fwd_hooks=pooler.hooks()):
+        for b in range(0, len(index), batch_size):
+            batch = [token_ids[i] for i in index[b: b + batch_size]]
+            out = _forward_batch(model, batch, layers, pooling, start, pooler=pooler)
+            if pooling == "all":
+                outs.extend(out)
+                n_tok += sum(map(len, batch))
+            else:
+                outs.append(out[0])
+                n_tok += out[1]
+            bar.update(1)
     seconds = time.perf_counter() - t0
     if own_bar:
         bar.close()
@@ -330,12 +364,14 @@ def residual_norm_profile(model, texts: list[str], *, batch_size: int = 16) -> d
     token_ids = tokenize(model, texts)
     bos_sum = torch.zeros(len(layers))
     tok_sum, tok_n = torch.zeros(len(layers)), 0
-    for b in range(0, len(texts), batch_size):
-        batch = token_ids[b: b + batch_size]
-        per_text = _forward_batch(model, [ids for ids in batch], layers, "all", 0, keep_bos=True)
-        for t in per_text:           # [n_tokens incl. BOS, n_layers, d]
-            norms = t.norm(dim=-1)
-            bos_sum += norms[0]
-            tok_sum += norms[1:].sum(0)
-            tok_n += norms.shape[0] - 1
+    pooler = _Pooler(layers, "all")
+    with model.hooks(fwd_hooks=pooler.hooks()):
+        for b in range(0, len(texts), batch_size):
+            batch = token_ids[b: b + batch_size]
+            per_text = _forward_batch(model, list(batch), layers, "all", 0, keep_bos=True, pooler=pooler)
+            for t in per_text:           # [n_tokens incl. BOS, n_layers, d]
+                norms = t.norm(dim=-1)
+                bos_sum += norms[0]
+                tok_sum += norms[1:].sum(0)
+                tok_n += norms.shape[0] - 1
     return {"tokens": tok_sum / max(tok_n, 1), "bos": bos_sum / len(texts)}

@@ -7,9 +7,12 @@ import pytest
 import torch
 from transformer_lens.hook_points import HookPoint
 
+from transformer_lens.model_bridge.generalized_components.linear import LinearBridge
+
 from conftest import real_model
 from emolib.capture import capture
 from emolib.lean import LEAN_ATTENTION
+from emolib.models import load_model
 
 
 def plain_bridge(location: str, dtype=torch.float32):
@@ -36,8 +39,8 @@ TEXTS = ["The quick brown fox jumps over the lazy dog.", "I could not sleep.",
 
 def test_every_norm_and_attention_is_lean(tiny_model):
     counts = tiny_model.emolib_lean
-    # 2 layers x (2 norms) + the final norm; 2 attention blocks
-    assert counts == {"norms": 5, "attention": 2}
+    # 2 layers (each a plain twin); 2 layers x (2 norms) + the final norm; 2 attention blocks
+    assert counts == {"layers": 2, "norms": 5, "attention": 2}
     assert tiny_model.original_model.config._attn_implementation == LEAN_ATTENTION
 
 
@@ -94,6 +97,102 @@ def test_an_editing_inner_hook_changes_the_output(tiny_model):
     torch.testing.assert_close(again, base, atol=0, rtol=0)  # the hook is gone, so is its effect
 
 
+@pytest.fixture
+def bridge_calls(monkeypatch):
+    """How many times any LinearBridge (a projection inside a layer) ran: 0 when every layer ran as its twin."""
+    calls = []
+    real = LinearBridge.forward
+
+    def counted(self, *args, **kwargs):
+        calls.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(LinearBridge, "forward", counted)
+    return calls
+
+
+def layers_of(model, components) -> set[int]:
+    where = {id(m): i for i, block in enumerate(model.blocks) for m in block.modules()}
+    return {where[id(c)] for c in components}
+
+
+def test_layers_run_as_plain_twins_unless_something_inside_is_observed(tiny_model, bridge_calls):
+    toks, mask = padded_batch(tiny_model, TEXTS)
+    with torch.no_grad():
+        base = tiny_model(toks, attention_mask=mask)
+        assert bridge_calls == []
+        stream = [(f"blocks.{i}.hook_resid_{p}", lambda x, hook: x) for i in range(2) for p in ("pre", "mid", "post")]
+        with tiny_model.hooks(fwd_hooks=stream):
+            tiny_model(toks, attention_mask=mask)
+        # hook_resid_mid is a hook point inside the layer: both layers take the bridge's path
+        assert layers_of(tiny_model, bridge_calls) == {0, 1}
+        bridge_calls.clear()
+        with tiny_model.hooks(fwd_hooks=[(f"blocks.{i}.hook_resid_{p}", lambda x, hook: x)
+                                         for i in range(2) for p in ("pre", "post")]):
+            tiny_model(toks, attention_mask=mask)
+        assert bridge_calls == [], "the block's own stream hooks are outside the layer"
+        with tiny_model.hooks(fwd_hooks=[("blocks.1.hook_mlp_out", lambda x, hook: x)]):
+            observed = tiny_model(toks, attention_mask=mask)
+        layers = layers_of(tiny_model, bridge_calls)
+        assert layers == {1}, f"only layer 1 is observed, yet layers {layers} took the bridge's path"
+    torch.testing.assert_close(observed, base, atol=1e-5, rtol=1e-5)
+
+
+def test_hooks_on_components_and_global_hooks_take_the_bridges_path(tiny_model_dir, bridge_calls):
+    model = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    toks, mask = padded_batch(model, TEXTS)
+    fired = []
+    with torch.no_grad():
+        base = model(toks, attention_mask=mask)
+        handle = model.blocks[0].mlp.register_forward_hook(lambda m, a, o: fired.append("component"))
+        try:
+            on_component = model(toks, attention_mask=mask)
+        finally:
+            handle.remove()
+        assert fired == ["component"] and bridge_calls
+        bridge_calls.clear()
+        handle = torch.nn.modules.module.register_module_forward_hook(
+            lambda m, a, o: fired.append("global") if isinstance(m, LinearBridge) else None)
+        try:
+            with_global = model(toks, attention_mask=mask)
+        finally:
+            handle.remove()
+        assert fired.count("global") == len(bridge_calls) > 0
+        bridge_calls.clear()
+        model.set_use_hook_mlp_in(True)  # a hook point of the block that fires from inside the layer
+        seen = []
+        with model.hooks(fwd_hooks=[("blocks.0.hook_mlp_in", lambda x, hook: seen.append(x.clone()))]):
+            with_mlp_in = model(toks, attention_mask=mask)
+        assert len(seen) == 1 and bridge_calls
+    for out in (on_component, with_global, with_mlp_in):
+        torch.testing.assert_close(out, base, atol=1e-5, rtol=1e-5)
+
+
+def test_twins_share_the_weights_and_follow_a_dtype_change(tiny_model_dir):
+    model = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    for block in model.blocks:
+        layer = block.original_component
+        twin = layer._emolib_twin
+        assert twin is not layer
+        assert {id(p) for p in twin.parameters()} == {id(p) for p in layer.parameters()}
+        assert not any(isinstance(m, LinearBridge) for m in twin.modules())
+    model.to(torch.bfloat16)
+    toks, mask = padded_batch(model, TEXTS)
+    with torch.no_grad():
+        out = model(toks, attention_mask=mask)
+    assert out.dtype == torch.bfloat16
+    assert {p.dtype for b in model.blocks for p in b.original_component._emolib_twin.parameters()} == {torch.bfloat16}
+
+
+def test_training_mode_takes_the_bridges_path(tiny_model_dir, bridge_calls):
+    model = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    toks, mask = padded_batch(model, TEXTS)
+    model.train()
+    with torch.no_grad():
+        model(toks, attention_mask=mask)
+    assert layers_of(model, bridge_calls) == {0, 1}
+
+
 def test_hooks_are_left_as_they_were(tiny_model):
     points = [m for m in tiny_model.modules() if isinstance(m, HookPoint)]
     assert points and not any(p._forward_hooks for p in points)
@@ -103,7 +202,7 @@ def test_hooks_are_left_as_they_were(tiny_model):
 @pytest.mark.parametrize("name", ["gemma-3-270m", "smollm2-135m-instruct"])
 def test_lean_capture_equals_the_bridge_on_the_embedded_models(name):
     model = real_model(name)
-    assert model.emolib_lean["attention"] == model.cfg.n_layers
+    assert model.emolib_lean["attention"] == model.emolib_lean["layers"] == model.cfg.n_layers
     plain = plain_bridge(model.emolib_source["location"])
     plain.tokenizer = model.tokenizer
     texts = ["He opened the letter and read it twice before he sat down.",
