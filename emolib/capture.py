@@ -37,7 +37,7 @@ from emolib.progress import report
 from emolib.sealed import Damaged, open_sealed, seal
 
 __all__ = ["POOLINGS", "DEFAULT_START", "CaptureResult", "CaptureCacheError", "capture", "model_fingerprint",
-           "tokenize", "mean_resid_norms", "residual_norm_profile"]
+           "tokenize", "pad_batch", "span_weights", "mean_resid_norms", "residual_norm_profile"]
 
 POOLINGS = ("mean", "last", "all")
 DEFAULT_START = 10
@@ -118,6 +118,34 @@ def _validate(model, texts, layers, pooling, start, batch_size) -> tuple[int, ..
     return layers
 
 
+def pad_batch(batch: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``[batch, pos]`` token ids and their ``[batch, pos]`` attention mask (1 on real tokens)."""
+    lengths = torch.tensor([len(ids) for ids in batch])
+    width = int(lengths.max())
+    toks = torch.full((len(batch), width), pad, dtype=torch.long)
+    for i, ids in enumerate(batch):
+        toks[i, : len(ids)] = torch.tensor(ids)
+    return toks, (torch.arange(width)[None, :] < lengths[:, None]).long()
+
+
+def span_weights(lengths: list[int], *, start: int = DEFAULT_START) -> tuple[int, torch.Tensor]:
+    """The pooled span of each right-padded text as weights: ``(first, [batch, 1, width - first])``.
+
+    A text of ``n`` tokens is pooled over positions ``max(start, 1) .. n - 1`` (BOS never); a text too
+    short for that over all its non-BOS positions, and a text that is only BOS over the BOS itself
+    (nothing else to pool). ``first`` is the earliest pooled position in the batch; row ``i`` holds
+    ``1 / span length`` on text ``i``'s span, shifted by ``first``, so that ``weights @ resid[:, first:]``
+    is every span's mean.
+    """
+    lo_default = max(start, 1)
+    spans = [(lo_default if n > lo_default else (1 if n > 1 else 0), n) for n in lengths]
+    first = min(lo for lo, _ in spans)
+    weights = torch.zeros(len(lengths), 1, max(lengths) - first)
+    for i, (lo, hi) in enumerate(spans):
+        weights[i, 0, lo - first: hi - first] = 1.0 / (hi - lo)
+    return first, weights
+
+
 class _Pooler:
     """The capture hooks for ``layers``: registered once for many batches, each batch setting its spans.
 
@@ -127,21 +155,36 @@ class _Pooler:
 
     def __init__(self, layers: tuple[int, ...], pooling: str):
         self.layers, self.pooling, self.deepest = layers, pooling, max(layers)
-        self.weights: torch.Tensor | None = None   # [batch, 1, pos] float32: 1/n on each text's span
-        self.first = 0                              # the earliest pooled position in the batch
-        self.last_idx: torch.Tensor | None = None
-        self.got: dict[int, torch.Tensor] = {}
         self.slot = {layer: i for i, layer in enumerate(layers)}
-        # [n_layers, batch, 1, d_model] float32, reused by every batch: span means are written into it in
-        # place. Keeping a fresh small result alive per layer while the model's large temporaries come
-        # and go fragments the allocator's heap; measured side by side, that cost the model's own kernels
-        # about 5% of a bfloat16 capture.
+        self.weights: torch.Tensor | None = None   # "mean": [batch, 1, pos] float32, 1/n on each text's span
+        self.first = 0                              # "mean": the earliest pooled position in the batch
+        self.last_idx: torch.Tensor | None = None   # "last": [batch] position of each text's last token
+        self.got: dict[int, torch.Tensor] = {}      # "last", "all": each layer's result for this batch
+        # "mean": [n_layers, batch, 1, d_model] float32, reused by every batch: span means are written into
+        # it in place. Keeping a fresh small result alive per layer while the model's large temporaries
+        # come and go fragments the allocator's heap; measured side by side, that cost the model's own
+        # kernels about 5% of a bfloat16 capture.
         self.means: torch.Tensor | None = None
 
-    def begin_means(self, batch: int, d_model: int, device) -> None:
-        m = self.means
-        if m is None or m.shape[1] < batch or m.shape[3] != d_model or m.device != torch.device(device):
-            self.means = torch.empty(len(self.layers), batch, 1, d_model, device=device)
+    def begin(self, lengths: list[int], *, start: int, d_model: int, device) -> None:
+        """Set the spans of the next batch, of texts ``lengths`` tokens long."""
+        self.got = {}
+        if self.pooling == "mean":
+            self.first, weights = span_weights(lengths, start=start)
+            self.weights = weights.to(device)
+            m = self.means
+            if m is None or m.shape[1] < len(lengths) or m.shape[3] != d_model or m.device != torch.device(device):
+                self.means = torch.empty(len(self.layers), len(lengths), 1, d_model, device=device)
+        elif self.pooling == "last":
+            self.last_idx = torch.tensor(lengths, device=device) - 1
+
+    def result(self, n: int) -> torch.Tensor | dict[int, torch.Tensor]:
+        """This batch's ``[n, n_layers, d_model]`` span means ("mean"), else each layer's result."""
+        if self.pooling == "mean":
+            # a copy, always: the buffer is the next batch's
+            return self.means[:, :n, 0].transpose(0, 1).clone(memory_format=torch.contiguous_format)
+        got, self.got = self.got, {}
+        return got
 
     def hooks(self) -> list:
         return [(resid_hook_name(layer), self._hook(layer)) for layer in self.layers]
@@ -177,27 +220,9 @@ def _forward_batch(model, batch: list[list[int]], layers: tuple[int, ...], pooli
             return _forward_batch(model, batch, layers, pooling, start, keep_bos=keep_bos, pooler=pooler)
     device = next(model.parameters()).device
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    lengths = torch.tensor([len(ids) for ids in batch])
-    width = int(lengths.max())
-    toks = torch.full((len(batch), width), pad, dtype=torch.long)
-    for i, ids in enumerate(batch):
-        toks[i, : len(ids)] = torch.tensor(ids)
-    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-    # Pooled span per text: positions max(start, 1) .. length - 1; a text too short for that falls back to
-    # all its non-BOS positions, and a text that is only BOS to the BOS itself (nothing else to pool).
-    spans = []
-    for n in lengths.tolist():
-        lo = max(start, 1) if n > max(start, 1) else (1 if n > 1 else 0)
-        spans.append((lo, n))
-    pooler.first = min(lo for lo, _ in spans)
-    weights = torch.zeros(len(batch), 1, width - pooler.first)
-    for i, (lo, hi) in enumerate(spans):
-        weights[i, 0, lo - pooler.first: hi - pooler.first] = 1.0 / (hi - lo)
-    pooler.weights = weights.to(device)
-    pooler.last_idx = (lengths - 1).to(device)
-    pooler.got = {}
-    if pooling == "mean":
-        pooler.begin_means(len(batch), model.cfg.d_model, device)
+    toks, mask = pad_batch(batch, pad)
+    lengths = [len(ids) for ids in batch]
+    pooler.begin(lengths, start=start, d_model=model.cfg.d_model, device=device)
     deepest = max(layers)
     with torch.no_grad():
         try:
@@ -206,17 +231,15 @@ def _forward_batch(model, batch: list[list[int]], layers: tuple[int, ...], pooli
                   stop_at_layer=deepest + 1 if deepest + 1 < model.cfg.n_layers else None)
         except _StopForward:
             pass
-    got, pooler.got = pooler.got, {}
+    got = pooler.result(len(batch))
     if pooling == "mean":
-        # a copy, always: the buffer is the next batch's
-        stacked = pooler.means[:, : len(batch), 0].transpose(0, 1).clone(memory_format=torch.contiguous_format).cpu()
-        return stacked, int(lengths.sum())
+        return got.cpu(), sum(lengths)
     stacked = torch.stack([got[layer] for layer in layers], dim=1).cpu()
     if pooling == "all":
         # [batch, n_layers, pos, d] -> per text [n_tokens, n_layers, d], BOS dropped
         first = 0 if keep_bos else 1
-        return [stacked[i, :, first: int(lengths[i])].permute(1, 0, 2).contiguous() for i in range(len(batch))]
-    return stacked, int(lengths.sum())
+        return [stacked[i, :, first: lengths[i]].permute(1, 0, 2).contiguous() for i in range(len(batch))]
+    return stacked, sum(lengths)
 
 
 def _cache_dir(model, token_ids, layers, pooling, start) -> Path:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from emolib import capture as cap
-from emolib.capture import CaptureCacheError, capture, mean_resid_norms, tokenize
+from emolib.capture import CaptureCacheError, capture, mean_resid_norms, pad_batch, span_weights, tokenize
 from emolib.hooks import count_live_hooks
 
 TEXTS = [
@@ -44,6 +44,26 @@ def test_mean_pooling_matches_unpadded_reference_and_skips_bos(tiny_model, batch
         # BOS is excluded: including it would change the mean.
         assert not torch.allclose(res.activations[i], ref.mean(0), atol=1e-4)
     assert count_live_hooks(tiny_model) == 0
+
+
+def test_span_weights_pool_each_text_from_start_and_fall_back_when_short():
+    # 15 tokens: positions 10..14; 5 tokens (too short for start 10): 1..4; BOS alone: the BOS itself.
+    first, w = span_weights([15, 5, 1], start=10)
+    assert first == 0 and w.shape == (3, 1, 15)
+    expected = torch.zeros(3, 15)
+    expected[0, 10:15], expected[1, 1:5], expected[2, 0] = 1 / 5, 1 / 4, 1.0
+    torch.testing.assert_close(w[:, 0], expected)
+    # Without a short text the weights start at the first pooled position; start 0 still skips BOS.
+    first, w = span_weights([12, 14], start=10)
+    assert first == 10 and w.shape == (2, 1, 4)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 1))
+    assert span_weights([3], start=0)[0] == 1
+
+
+def test_pad_batch_pads_on_the_right_with_a_mask():
+    toks, mask = pad_batch([[5, 6, 7], [8]], pad=0)
+    assert toks.tolist() == [[5, 6, 7], [8, 0, 0]] and toks.dtype == torch.long
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
 def test_last_and_all_pooling(tiny_model):
