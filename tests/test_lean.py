@@ -10,7 +10,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge.generalized_components.linear import LinearBridge
 
 from conftest import real_model
-from emolib.capture import capture
+from emolib.capture import capture, pad_batch
 from emolib.lean import LEAN_ATTENTION
 from emolib.models import load_model
 
@@ -23,14 +23,7 @@ def plain_bridge(location: str, dtype=torch.float32):
 
 
 def padded_batch(model, texts):
-    ids = [model.tokenizer(t)["input_ids"] for t in texts]
-    width = max(map(len, ids))
-    toks = torch.full((len(ids), width), model.tokenizer.pad_token_id or 0)
-    mask = torch.zeros(len(ids), width, dtype=torch.long)
-    for i, row in enumerate(ids):
-        toks[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return toks, mask
+    return pad_batch([model.tokenizer(t)["input_ids"] for t in texts], model.tokenizer.pad_token_id or 0)
 
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "I could not sleep.",
@@ -211,3 +204,76 @@ def test_lean_capture_equals_the_bridge_on_the_embedded_models(name):
     ref = capture(plain, texts, start=1, use_cache=False).activations
     rel = ((ours - ref).norm(dim=-1) / ref.norm(dim=-1)).max()
     assert rel < 1e-4, f"largest relative difference {rel:.2e}"
+
+
+def _gqa_inputs(dtype):
+    g = torch.Generator().manual_seed(0)
+    batch, heads, kv_heads, pos, d = 3, 4, 2, 7, 8
+    q = torch.randn(batch, heads, pos, d, generator=g).to(dtype)
+    k, v = (torch.randn(batch, kv_heads, pos, d, generator=g).to(dtype) for _ in range(2))
+    lengths = torch.tensor([7, 5, 2])
+    real = torch.arange(pos)[None] < lengths[:, None]
+    mask = torch.ones(pos, pos, dtype=torch.bool).tril()[None, None] & real[:, None, None, :]
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = heads // kv_heads, True
+    return module, q, k, v, mask
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lean_attention_reads_shared_kv_heads_in_place_bit_for_bit(dtype, monkeypatch):
+    from transformers.integrations import sdpa_attention
+
+    from emolib.lean import _sdpa
+
+    module, q, k, v, mask = _gqa_inputs(dtype)
+    expected, _ = sdpa_attention.sdpa_attention_forward(module, q, k, v, mask, scaling=0.3)
+    repeats = []
+    real_repeat = sdpa_attention.repeat_kv
+    monkeypatch.setattr(sdpa_attention, "repeat_kv", lambda *a: (repeats.append(1), real_repeat(*a))[1])
+    got, weights = _sdpa(module, q, k, v, mask, scaling=0.3)
+    assert weights is None and got.shape == expected.shape == (3, 7, 4, 8)
+    assert torch.equal(got, expected)
+    assert not repeats  # the shared heads were read in place, not copied per query head
+
+
+def test_lean_attention_leaves_other_cases_to_hf(monkeypatch):
+    from transformers.integrations import sdpa_attention
+
+    from emolib.lean import _sdpa
+
+    module, q, k, v, mask = _gqa_inputs(torch.float32)
+    calls = []
+    real = sdpa_attention.sdpa_attention_forward
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward",
+                        lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
+    # no mask (HF uses is_causal and enable_gqa itself), one query token (HF packs the heads), softcap
+    _sdpa(module, q, k, v, None)
+    _sdpa(module, q[:, :, -1:], k, v, mask[:, :, -1:])
+    with pytest.raises(ValueError, match="softcap"):
+        _sdpa(module, q, k, v, mask, softcap=30.0)
+    assert len(calls) == 3
+    # no grouped heads: nothing to gain
+    module.num_key_value_groups = 1
+    _sdpa(module, q, torch.cat([k, k], 1), torch.cat([v, v], 1), mask)
+    assert len(calls) == 4
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name", ["gemma-3-270m", "smollm2-135m-instruct"])
+def test_lean_attention_gives_hf_sdpa_capture_bit_for_bit(name, dtype):
+    from emolib.models import native_bf16
+
+    if dtype == "bfloat16" and not native_bf16("cpu"):
+        pytest.skip("bfloat16 is emulated on this CPU (about 100x slower); the book runs float32 here")
+    model = real_model(name, dtype=dtype)
+    assert model.original_model.config._attn_implementation == LEAN_ATTENTION
+    texts = ["He opened the letter and read it twice before he sat down.", "It rained.",
+             "The rain had stopped by the time they reached the station, and the platform was empty."]
+    ours = capture(model, texts, start=1, use_cache=False).activations
+    model.original_model.set_attn_implementation("sdpa")
+    try:
+        hf = capture(model, texts, start=1, use_cache=False).activations
+    finally:
+        model.original_model.set_attn_implementation(LEAN_ATTENTION)
+    assert torch.equal(ours, hf)
