@@ -6,8 +6,9 @@ Targets (issue 13), each a ratio of times measured side by side in one run, on t
 batches: configurations are interleaved round by round (in reverse order every other round, so that a
 drift of the machine's speed favours neither end), a ratio is taken within each round, and the median
 of the per-round ratios is reported with their range (warm-up excluded); each timed pass starts from a
-collected, trimmed heap (:func:`settle`), so that its time does not depend on what ran before it. Two shared cores vary by a few
-percent from one pass to the next, so a ratio within its range of 1.0 is parity, not a difference:
+collected, trimmed heap (:func:`settle`), so that its time does not depend on what ran before it. Two
+shared cores vary by a few percent from one pass to the next, so a ratio within its range of 1.0 is
+parity, not a difference:
 
 - capture at every layer vs a plain HF body pass without logits, same dtype: >= 1.0x. "Plain" is a
   Hugging Face model loaded anew from the same weights with its default attention (``sdpa``), run
