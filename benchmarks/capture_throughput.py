@@ -36,8 +36,13 @@ import gc
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+# Measure the checkout this file is in, whatever emolib the environment has installed (an editable
+# install may point at another clone).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emolib.capture import capture, pad_batch, span_weights, tokenize
 from emolib.data import load_stories

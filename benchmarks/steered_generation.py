@@ -17,9 +17,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+# Measure the checkout this file is in, whatever emolib the environment has installed (an editable
+# install may point at another clone).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emolib.book import ROOT, run_slug
 from emolib.chat import encode_chat
