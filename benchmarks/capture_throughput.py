@@ -44,7 +44,8 @@ import torch
 # install may point at another clone).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emolib.capture import capture, pad_batch, span_weights, tokenize
+from emolib.capture import capture, span_weights, tokenize
+from emolib.generation import right_pad
 from emolib.data import load_stories
 from emolib.models import dtype_name, load_model, native_bf16, resolve_dtype
 
@@ -103,7 +104,7 @@ def bench_model(name: str, *, n_texts: int, batch_size: int, rounds: int) -> dic
     batches = [ids[i: i + batch_size] for i in range(0, len(ids), batch_size)]
     n_tokens = sum(map(len, ids))
     pad = any_model.tokenizer.pad_token_id or 0
-    prepared = [pad_batch(b, pad) for b in batches]
+    prepared = [right_pad(b, pad) for b in batches]
     layers = tuple(range(any_model.cfg.n_layers))
 
     location = any_model.emolib_source["location"]

@@ -31,13 +31,14 @@ import torch
 
 from emolib._io import atomic_write_bytes
 from emolib.chat import encode
+from emolib.generation import right_pad
 from emolib.hooks import resid_hook_name
 from emolib.models import CACHE_MARKER, cache_root
 from emolib.progress import report
 from emolib.sealed import Damaged, open_sealed, seal
 
 __all__ = ["POOLINGS", "DEFAULT_START", "CaptureResult", "CaptureCacheError", "capture", "model_fingerprint",
-           "tokenize", "pad_batch", "span_weights", "mean_resid_norms", "residual_norm_profile"]
+           "tokenize", "span_weights", "mean_resid_norms", "residual_norm_profile"]
 
 POOLINGS = ("mean", "last", "all")
 DEFAULT_START = 10
@@ -118,16 +119,6 @@ def _validate(model, texts, layers, pooling, start, batch_size) -> tuple[int, ..
     return layers
 
 
-def pad_batch(batch: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``[batch, pos]`` token ids and their ``[batch, pos]`` attention mask (1 on real tokens)."""
-    lengths = torch.tensor([len(ids) for ids in batch])
-    width = int(lengths.max())
-    toks = torch.full((len(batch), width), pad, dtype=torch.long)
-    for i, ids in enumerate(batch):
-        toks[i, : len(ids)] = torch.tensor(ids)
-    return toks, (torch.arange(width)[None, :] < lengths[:, None]).long()
-
-
 def span_weights(lengths: list[int], *, start: int = DEFAULT_START) -> tuple[int, torch.Tensor]:
     """The pooled span of each right-padded text as weights: ``(first, [batch, 1, width - first])``.
 
@@ -183,8 +174,7 @@ class _Pooler:
         if self.pooling == "mean":
             # a copy, always: the buffer is the next batch's
             return self.means[:, :n, 0].transpose(0, 1).clone(memory_format=torch.contiguous_format)
-        got, self.got = self.got, {}
-        return got
+        return self.got
 
     def hooks(self) -> list:
         return [(resid_hook_name(layer), self._hook(layer)) for layer in self.layers]
@@ -220,7 +210,7 @@ def _forward_batch(model, batch: list[list[int]], layers: tuple[int, ...], pooli
             return _forward_batch(model, batch, layers, pooling, start, keep_bos=keep_bos, pooler=pooler)
     device = next(model.parameters()).device
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    toks, mask = pad_batch(batch, pad)
+    toks, mask = right_pad(batch, pad)
     lengths = [len(ids) for ids in batch]
     pooler.begin(lengths, start=start, d_model=model.cfg.d_model, device=device)
     deepest = max(layers)

@@ -26,7 +26,7 @@ from emolib.hooks import residual_edit
 from emolib.progress import report
 from emolib.steering import Span
 
-__all__ = ["left_pad", "generate_batch"]
+__all__ = ["left_pad", "right_pad", "generate_batch"]
 
 
 def _greedy(hf, ids: torch.Tensor, mask: torch.Tensor, *, max_new_tokens: int, eos: int | None,
@@ -57,6 +57,17 @@ def _greedy(hf, ids: torch.Tensor, mask: torch.Tensor, *, max_new_tokens: int, e
                        use_cache=True)
         cache, h = out.past_key_values, out.last_hidden_state[:, -1]
     return torch.stack(new, dim=1)
+
+
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids [batch, width], attention_mask [batch, width])`` with padding on the right."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -58,6 +58,7 @@ from transformer_lens.model_bridge.generalized_components.normalization import N
 from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
     PositionEmbeddingsAttentionBridge,
 )
+from transformers.integrations import sdpa_attention
 
 __all__ = ["lean", "LEAN_ATTENTION", "NotTwinnable"]
 
@@ -75,8 +76,6 @@ def _sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value
     returns ([batch, q_pos, heads, d_head], None) as HF's does. ``kwargs`` are HF's attention interface
     (softcap, sliding_window, ...): handed on unchanged wherever HF's function runs.
     """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     # Exactly the case in which HF would repeat key and value per query head and change nothing else:
     # a mask (so no is_causal, no cropping), more than one query token (no pack_gqa), no position bias,
     # no paged cache, no softcap, no attention weights asked for.
@@ -86,7 +85,7 @@ def _sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value
         out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
                                                                dropout_p=dropout, scale=scaling, enable_gqa=True)
         return out.transpose(1, 2).contiguous(), None
-    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+    return sdpa_attention.sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                   is_causal=is_causal, position_bias=position_bias, cache=cache, **kwargs)
 
 

@@ -40,6 +40,7 @@ import torch
 
 from emolib import unembed
 from emolib.chat import encode
+from emolib.generation import right_pad
 from emolib.hooks import fan_out, residual_edit
 from emolib.progress import report
 from emolib.scoring import choice_prompt, last_token_logits, letter_ids, span_mask
@@ -126,16 +127,6 @@ def cloze_prefix(item: Item) -> str:
     return (f"{item.context.strip()}\n\n" if item.context else "") + f"Question: {item.question.strip()}\nAnswer:"
 
 
-def _pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    toks = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, x in enumerate(rows):
-        toks[i, : len(x)] = torch.tensor(x)
-        mask[i, : len(x)] = 1
-    return toks, mask
-
-
 def _group_logprobs(model, pre: list[int], opts: list[list[int]], *, steering: Steering | None, where: Where,
                     batch_size: int) -> list[float]:
     """Mean log-probability of each option after one shared prefix, running the prefix once.
@@ -165,7 +156,7 @@ def _group_logprobs(model, pre: list[int], opts: list[list[int]], *, steering: S
         longer = [k for k, o in enumerate(chunk) if len(o) > 1]
         if longer:
             # the last token of each option predicts nothing we score: feed o[:-1]
-            toks, mask = _pad([chunk[k][:-1] for k in longer], pad)
+            toks, mask = right_pad([chunk[k][:-1] for k in longer], pad)
             c = copy.deepcopy(cache)
             c.batch_repeat_interleave(len(longer))
             att = torch.cat([torch.ones(len(longer), len(pre), dtype=torch.long), mask], dim=1)
@@ -199,7 +190,7 @@ def _batched_logprobs(model, pre: list[list[int]], opts: list[list[int]], *, ste
     order = np.argsort([-(len(p) + len(o)) for p, o in zip(pre, opts)])  # similar lengths share a batch
     for s in range(0, len(order), batch_size):
         idx = order[s: s + batch_size]
-        toks, mask = _pad([pre[i] + opts[i] for i in idx], pad)
+        toks, mask = right_pad([pre[i] + opts[i] for i in idx], pad)
         ctx = contextlib.nullcontext()
         if steering is not None:
             m = torch.zeros(toks.shape, dtype=torch.bool)
@@ -330,7 +321,7 @@ def _letter_logits(model, prompts: Sequence[str], spans: Sequence[tuple[int, int
     device = next(model.parameters()).device
     logit, mass = [], []
     for s in range(0, len(ids), batch_size):
-        toks, mask = _pad(ids[s: s + batch_size], pad)
+        toks, mask = right_pad(ids[s: s + batch_size], pad)
         ctx = contextlib.nullcontext()
         if steering is not None:
             m = torch.zeros(toks.shape, dtype=torch.bool)

@@ -25,7 +25,7 @@ import torch
 
 from emolib import unembed
 from emolib.data import DATA_DIR
-from emolib.generation import generate_batch
+from emolib.generation import generate_batch, right_pad
 from emolib.nulls import null_percentile, null_summary
 from emolib.ratings import WARRINER_CSV
 from emolib.scoring import repetition_rate
@@ -78,12 +78,7 @@ def batch_perplexity(model, prompts: Sequence[Sequence[int]], conts: Sequence[Se
 
     for s in range(0, len(prompts), batch_size):
         seqs = [list(p) + list(c) for p, c in zip(prompts[s: s + batch_size], conts[s: s + batch_size])]
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros(len(seqs), width, dtype=torch.long)
-        for i, x in enumerate(seqs):
-            ids[i, : len(x)] = torch.tensor(x)
-            mask[i, : len(x)] = 1
+        ids, mask = right_pad(seqs, pad)
         with torch.no_grad():
             with residual_edit(model, {} if layer is None else {layer: keep}):
                 h = hf.model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state  # [b, width, d]

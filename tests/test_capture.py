@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from emolib import capture as cap
-from emolib.capture import CaptureCacheError, capture, mean_resid_norms, pad_batch, span_weights, tokenize
+from emolib.capture import CaptureCacheError, capture, mean_resid_norms, span_weights, tokenize
 from emolib.hooks import count_live_hooks
 
 TEXTS = [
@@ -58,12 +58,6 @@ def test_span_weights_pool_each_text_from_start_and_fall_back_when_short():
     assert first == 10 and w.shape == (2, 1, 4)
     torch.testing.assert_close(w.sum(-1), torch.ones(2, 1))
     assert span_weights([3], start=0)[0] == 1
-
-
-def test_pad_batch_pads_on_the_right_with_a_mask():
-    toks, mask = pad_batch([[5, 6, 7], [8]], pad=0)
-    assert toks.tolist() == [[5, 6, 7], [8, 0, 0]] and toks.dtype == torch.long
-    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
 def test_last_and_all_pooling(tiny_model):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from emolib.chat import encode
-from emolib.generation import _row_edit, generate_batch, left_pad
+from emolib.generation import _row_edit, generate_batch, left_pad, right_pad
 from emolib.hooks import count_live_hooks
 from emolib.steering import Span
 
@@ -24,6 +24,12 @@ def test_left_pad_and_row_mask_skip_padding_and_bos():
     prompt_only = _row_edit(added, mask, Span.PROMPT)
     prompt_only(torch.zeros(2, 3, 4))
     assert prompt_only(torch.zeros(2, 1, 4)).abs().sum() == 0
+
+
+def test_right_pad_pads_on_the_right_with_a_mask():
+    toks, mask = right_pad([[5, 6, 7], [8]], pad_id=0)
+    assert toks.tolist() == [[5, 6, 7], [8, 0, 0]] and toks.dtype == torch.long
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
 def test_batched_greedy_equals_one_at_a_time(tiny_model):

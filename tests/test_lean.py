@@ -10,7 +10,8 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge.generalized_components.linear import LinearBridge
 
 from conftest import real_model
-from emolib.capture import capture, pad_batch
+from emolib.capture import capture
+from emolib.generation import right_pad
 from emolib.lean import LEAN_ATTENTION
 from emolib.models import load_model
 
@@ -23,7 +24,7 @@ def plain_bridge(location: str, dtype=torch.float32):
 
 
 def padded_batch(model, texts):
-    return pad_batch([model.tokenizer(t)["input_ids"] for t in texts], model.tokenizer.pad_token_id or 0)
+    return right_pad([model.tokenizer(t)["input_ids"] for t in texts], model.tokenizer.pad_token_id or 0)
 
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "I could not sleep.",
