@@ -19,8 +19,11 @@ parity, not a difference:
   pass without hooks are printed too, and so is the plain-HF way to capture every layer: the body
   pass with ``output_hidden_states=True`` and the same span means. "Capture" is
   :func:`emolib.capture.capture` on the texts, as the book calls it (tokenising, length order, hooks
-  on every layer's ``hook_resid_post``, span means), without its disk cache; the HF passes get the
-  same batches already tokenised and padded;
+  on every layer's ``hook_resid_post``, span means; layers compiled where ``torch.compile`` works,
+  see :mod:`emolib.lean`), without its disk cache; the HF passes get the same batches already
+  tokenised and padded. Where capture is compiled, two more references say where its speed comes
+  from: the same capture with eager layers, and the plain HF body compiled whole
+  (``torch.compile(body, dynamic=True)``, what a Hugging Face user would do);
 - capture in the default dtype (``auto``: bfloat16 where the CPU computes it natively) vs the float32
   HF body pass: >= 2.0x;
 - capture FLOP/s as a fraction of this machine's measured matmul peak in the same dtype.
@@ -98,6 +101,8 @@ def bench_model(name: str, *, n_texts: int, batch_size: int, rounds: int) -> dic
     # measure nothing the book uses (dtype auto picks float32 there).
     dtypes = ("float32", "bfloat16") if native_bf16("cpu") else ("float32",)
     models = {d: load_model(name, device="cpu", dtype=d) for d in dtypes}
+    compiled = models["float32"].emolib_compiled
+    eager = {d: load_model(name, device="cpu", dtype=d, compile=False) for d in dtypes} if compiled else {}
     any_model = models["float32"]
     texts = [s.text for s in load_stories()][:n_texts]
     ids = sorted(tokenize(any_model, texts), key=len)   # as capture does: length order keeps padding small
@@ -117,8 +122,8 @@ def bench_model(name: str, *, n_texts: int, batch_size: int, rounds: int) -> dic
                     body(input_ids=toks, attention_mask=mask, **options)
         return run
 
-    def capture_all(d):
-        return lambda: capture(models[d], texts, layers=layers, batch_size=batch_size, use_cache=False)
+    def capture_all(model):
+        return lambda: capture(model, texts, layers=layers, batch_size=batch_size, use_cache=False)
 
     # The spans capture pools, for the plain-HF capture.
     spans = [span_weights([len(ids) for ids in b]) for b in batches]
@@ -138,7 +143,11 @@ def bench_model(name: str, *, n_texts: int, batch_size: int, rounds: int) -> dic
                | {f"hf_eager_{d}": body_pass(plain[d, "eager"].model, use_cache=False) for d in models}
                | {f"bridge_body_{d}": body_pass(models[d].original_model.model, use_cache=False) for d in models}
                | {f"hf_states_{d}": hf_states(plain[d, "sdpa"].model) for d in models}
-               | {f"capture_{d}": capture_all(d) for d in models})
+               | {f"capture_{d}": capture_all(models[d]) for d in models})
+    if compiled:
+        configs |= ({f"capture_eager_{d}": capture_all(eager[d]) for d in eager}
+                    | {f"hf_compiled_{d}": body_pass(torch.compile(plain[d, "sdpa"].model, dynamic=True),
+                                                     use_cache=False) for d in models})
     for fn in configs.values():
         fn()  # warm-up
     # Loading six models leaves about half a million Python objects for the cyclic collector to walk; a
@@ -160,7 +169,7 @@ def bench_model(name: str, *, n_texts: int, batch_size: int, rounds: int) -> dic
     peak = {d: matmul_flops(resolve_dtype(d)) for d in models}
     gc.unfreeze()
     return {"name": name, "default": default, "n_tokens": n_tokens, "t": t, "times": times, "flops": flops,
-            "peak": peak, "n_layers": len(layers)}
+            "peak": peak, "n_layers": len(layers), "compiled": compiled}
 
 
 def paired(times: dict[str, list[float]], reference: str, other: str) -> tuple[float, float, float]:
@@ -183,13 +192,19 @@ def main(argv: list[str] | None = None) -> int:
         t, n = r["t"], r["n_tokens"]
         d = r["default"]
         print(f"\n{name}: {r['n_layers']} layers, {n} tokens in {args.texts} stories, batches of {args.batch_size}, "
-              f"median of {args.rounds} interleaved rounds; ratios: median [range] of per-round ratios")
+              f"median of {args.rounds} interleaved rounds; ratios: median [range] of per-round ratios; capture's "
+              f"layers {'compiled' if r['compiled'] else 'eager (torch.compile unavailable or EMOLIB_COMPILE=0)'}")
         for k in t:
             dt = k.rsplit("_", 1)[1]
             print(f"  {k:<18} {n / t[k]:7.0f} tokens/s  {r['flops'] / t[k] / 1e9:6.1f} GFLOP/s = "
                   f"{r['flops'] / t[k] / r['peak'][dt]:4.0%} of the {dt} matmul peak ({r['peak'][dt] / 1e9:.0f} GFLOP/s)")
         times = r["times"]
         for dt in r["peak"]:
+            if r["compiled"]:
+                for other, label in (("capture_eager", "the same capture with eager layers"),
+                                     ("hf_compiled", "HF body compiled whole")):
+                    m, lo, hi = paired(times, f"{other}_{dt}", f"capture_{dt}")
+                    print(f"  (capture / {label}, {dt}: {m:.3f}x [{lo:.3f}, {hi:.3f}], for reference)")
             for other, label in (("hf_cached", "HF body with its default key/value cache"),
                                  ("hf_eager", "HF body with eager attention"), ("bridge_body", "the bridge's own pass"),
                                  ("hf_states", "HF hidden states of every layer + the same span means")):

@@ -12,8 +12,8 @@ whose owner is gone.
 A chapter whose inputs are unchanged since its last run is reused, not re-executed: each run
 folder keeps ``run_keys.json``, one key per chapter hashing the chapter source, its parameters,
 the data files, the ``emolib`` code that computes (everything but this runner and the progress
-display), the pinned library versions and the previous chapter's key (chapters read what earlier
-ones wrote); it also records whether the run is a quick one, and a run never mixes quick and full
+display), the pinned library versions, whether the models run compiled (``EMOLIB_COMPILE``; it
+changes their rounding) and the previous chapter's key (chapters read what earlier ones wrote); it also records whether the run is a quick one, and a run never mixes quick and full
 chapters in one folder. ``--force`` re-executes everything.
 
 The executed notebooks are published as they will be read: the staging folder's path is replaced
@@ -716,9 +716,21 @@ class _Step:
     reuse: bool
 
 
-def _plan(chapters, sources, declared, *, model, quick, device, dtype, overrides, previous, stored, target,
-          subset) -> list[_Step]:
-    fingerprint = inputs_fingerprint()
+def _compiled(device: str) -> bool:
+    """Whether the chapters' models will run compiled (see :mod:`emolib.lean`): it changes their rounding,
+    so it is part of every run key."""
+    from emolib.lean import CompileUnavailable, resolve_compile
+    from emolib.models import resolve_device
+
+    try:
+        return resolve_compile(None, device_type=resolve_device(device).type)
+    except (CompileUnavailable, ValueError) as exc:
+        raise RunRefused(str(exc)) from None
+
+
+def _plan(chapters, sources, declared, *, model, quick, device, dtype, compiled, overrides, previous, stored,
+          target, subset) -> list[_Step]:
+    fingerprint = inputs_fingerprint() + (" compiled" if compiled else "")
     # A subset continues from the key of the chapter just before it in book order.
     order = [c.name for c in CHAPTERS]
     first = chapters[0].name
@@ -770,6 +782,7 @@ def run_chapters(model: str, *, quick: bool = False, out: Path | None = None,
             from emolib.models import dtype_name, resolve_dtype
 
             dtype = dtype_name(resolve_dtype("auto", device=device))
+        compiled = _compiled(device)
         _refuse_reserved(overrides)
         out = _runs_folder(out)
         target = out / run_folder(model, quick=quick)
@@ -778,7 +791,7 @@ def run_chapters(model: str, *, quick: bool = False, out: Path | None = None,
         _refuse_unused(overrides, declared)
         stored, usable = _previous_keys(target, quick=quick, force=force)
         plan = _plan(chapters, sources, declared, model=model, quick=quick, device=device, dtype=dtype,
-                     overrides=overrides, previous={} if force else stored, stored=stored, target=target,
+                     compiled=compiled, overrides=overrides, previous={} if force else stored, stored=stored, target=target,
                      subset=subset)
         # Everything above only reads; from here on the run writes.
         removed = remove_stale_runs(out, target.name)

@@ -44,8 +44,9 @@ POOLINGS = ("mean", "last", "all")
 DEFAULT_START = 10
 # 2: every file carries a sha256 of its contents; 3: attention through sdpa (emolib.lean), rounding-level
 # differences from 2, so activations cached before are not mixed with new ones; 4: the mean is one float32
-# batched product with span weights (float32 rounding-level differences from a per-text sum)
-CAPTURE_VERSION = 4
+# batched product with span weights (float32 rounding-level differences from a per-text sum); 5: the key
+# says whether the layers ran compiled (emolib.lean), which rounds differently
+CAPTURE_VERSION = 5
 
 
 class CaptureCacheError(RuntimeError):
@@ -235,7 +236,8 @@ def _forward_batch(model, batch: list[list[int]], layers: tuple[int, ...], pooli
 def _cache_dir(model, token_ids, layers, pooling, start) -> Path:
     h = hashlib.sha256()
     h.update(json.dumps({"v": CAPTURE_VERSION, "model": model_fingerprint(model), "layers": layers,
-                         "pooling": pooling, "start": start}).encode())
+                         "pooling": pooling, "start": start,
+                         "compiled": bool(getattr(model, "emolib_compiled", False))}).encode())
     for ids in token_ids:
         h.update(b",".join(str(i).encode() for i in ids))
         h.update(b";")

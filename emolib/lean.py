@@ -38,6 +38,17 @@ outside the layer and fire either way, and hooks on the HF modules themselves fi
 twin is built only from components whose forward is, with no hook, exactly "hook_in, the HF module,
 hook_out"; a layer holding any other component keeps the bridge's path.
 
+With ``compile=True`` a twin also has a compiled forward (``torch.compile``, one graph shared by every
+layer, dynamic in batch size and length), used for passes that only read: no gradient, no key/value
+cache, nothing observed inside the layer, not even on the HF modules. Capture is such a pass; token by
+token generation is not and keeps the eager twin. The compiled kernels fuse the elementwise work
+around the matmuls (the float32 norms, the GELU or SiLU and its product, rotary embeddings), which is
+most of a bfloat16 pass on a CPU: measured on 48 stories, Gemma 3 270M 1.39x and SmolLM2 1.23x faster
+than the eager pass in bfloat16, 1.14x and 1.06x in float32. Fusion rounds differently: bfloat16
+results differ from the eager ones at bfloat16 rounding level (mean per-token cosine with a float32
+pass 0.999900 compiled against 0.999887 eager, Gemma), float32 ones at float32 rounding level. Inductor
+builds its kernels with a C++ compiler: :func:`compile_available` probes for one once per process.
+
 The lean forwards are closures over the modules they were made for: load a model again rather than
 ``copy.deepcopy`` a lean one (the copy would compute with the original's modules).
 """
@@ -45,7 +56,9 @@ The lean forwards are closures over the modules they were made for: load a model
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
+import os
 
 import torch
 from torch.nn.modules import module as torch_module
@@ -59,11 +72,58 @@ from transformer_lens.model_bridge.generalized_components.position_embeddings_at
     PositionEmbeddingsAttentionBridge,
 )
 from transformers.integrations import sdpa_attention
+from transformers.utils import output_capturing
 
-__all__ = ["lean", "LEAN_ATTENTION", "NotTwinnable"]
+__all__ = ["lean", "LEAN_ATTENTION", "NotTwinnable", "COMPILE_ENV", "CompileUnavailable", "compile_available",
+           "resolve_compile"]
 
 # The name contains "sdpa" so that HF checks, as for its own, that the model's class supports sdpa.
 LEAN_ATTENTION = "emolib_sdpa"
+
+
+# "0" turns compilation off, "1" requires it; unset (or "auto") compiles where a compiler is available.
+COMPILE_ENV = "EMOLIB_COMPILE"
+
+
+class CompileUnavailable(RuntimeError):
+    """Compilation was required but ``torch.compile`` cannot build kernels on this machine."""
+
+
+def _probe(x: torch.Tensor) -> torch.Tensor:
+    return x * 2 + 1
+
+
+@functools.cache
+def compile_available(device_type: str = "cpu") -> bool:
+    """Whether ``torch.compile`` builds working kernels for ``device_type`` here (probed once per process).
+
+    On a CPU its inductor backend needs a C++ compiler; on CUDA, Triton.
+    """
+    try:
+        x = torch.ones(4, device=device_type)
+        return bool(torch.equal(torch.compile(_probe, dynamic=False)(x), x * 3))
+    except Exception:  # noqa: BLE001 - a missing or broken compiler surfaces as any of many exception types
+        return False
+
+
+def resolve_compile(compile: bool | None, *, device_type: str = "cpu") -> bool:
+    """Whether to compile: ``None`` reads :data:`COMPILE_ENV` (compile where available unless it says
+    ``0``); ``True`` where compilation is impossible is a :class:`CompileUnavailable` naming the fix."""
+    if compile is None:
+        env = os.environ.get(COMPILE_ENV, "auto").strip().lower()
+        if env in ("0", "false", "no", "off"):
+            return False
+        if env in ("", "auto"):
+            return compile_available(device_type)
+        if env not in ("1", "true", "yes", "on"):
+            raise ValueError(f"{COMPILE_ENV}={env!r}: use 0 (off), 1 (required) or auto")
+        compile = True
+    if compile and not compile_available(device_type):
+        raise CompileUnavailable(
+            f"torch.compile cannot build kernels for {device_type} here (on a CPU it needs a C++ compiler such "
+            f"as gcc or clang on PATH); install one, or run without compilation: compile=False, or "
+            f"{COMPILE_ENV}=0 in the environment")
+    return bool(compile)
 
 
 def _sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -201,6 +261,54 @@ def _plain_twin(module: torch.nn.Module, *, attention: bool) -> torch.nn.Module:
     return twin
 
 
+_HOOK_ATTRIBUTES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks",
+                    "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+                    "_load_state_dict_post_hooks")
+
+
+def _unhooked(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` whose modules have hook registries of their own, empty, while sharing every
+    parameter, buffer and setting: hooks put on the originals later (transformers installs its
+    output-capturing hooks at the first pass) never reach it."""
+    bare = copy.copy(module)
+    for attribute in _HOOK_ATTRIBUTES:
+        if attribute in bare.__dict__:
+            bare.__dict__[attribute] = type(bare.__dict__[attribute])()
+    bare.__dict__["_modules"] = {name: None if child is None else _unhooked(child)
+                                 for name, child in module._modules.items()}
+    return bare
+
+
+def _capture_key(hook) -> str | None:
+    """The output a transformers output-capturing hook collects ("hidden_states", "attentions", ...);
+    None for any other hook."""
+    code = getattr(hook, "__code__", None)
+    if getattr(hook, "__module__", None) != output_capturing.__name__ or code is None or "key" not in code.co_freevars:
+        return None
+    # read from the closure directly: this runs for each such hook on every layer call
+    return hook.__closure__[code.co_freevars.index("key")].cell_contents
+
+
+def _only_idle_capture_hooks(registries: list[dict], *, weightless: bool) -> bool:
+    """Whether every hook on ``registries`` is one of transformers' output-capturing hooks with nothing
+    to collect now, so that leaving it out changes nothing.
+
+    transformers collects an output only while a forward asked for it (``output_hidden_states``, say);
+    the bridge asks for attention weights on every pass, which an sdpa attention never returns
+    (``weightless``).
+    """
+    if not any(registries):
+        return True
+    collector = output_capturing._active_collector.get() or {}
+    for registry in registries:
+        for hook in registry.values():
+            key = _capture_key(hook)
+            if key is None or (key in collector and not (key == "attentions" and weightless)):
+                return False
+    return True
+
+
 def _hooked(registries: list[dict], block: BlockBridge) -> bool:
     """Whether a hook other than the block's own wiring is on any of ``registries``."""
     if not any(registries):
@@ -212,7 +320,7 @@ def _hooked(registries: list[dict], block: BlockBridge) -> bool:
     return any(registry.keys() - wiring for registry in registries if registry)
 
 
-def _lean_layer(block: BlockBridge, *, attention: bool) -> bool:
+def _lean_layer(block: BlockBridge, *, attention: bool, compile: bool) -> bool:
     layer = block.original_component
     if layer is None or "forward" in layer.__dict__:
         return False
@@ -227,11 +335,23 @@ def _lean_layer(block: BlockBridge, *, attention: bool) -> bool:
     points = _registries([m for m in block.modules()
                           if isinstance(m, HookPoint) and m is not block.hook_in and m is not block.hook_out])
     components = _registries([m for m in layer.modules() if isinstance(m, GeneralizedComponent)])
+    # The twin's HF modules share their hook registries with the originals. transformers puts idle
+    # output-capturing hooks on some of them at the first pass; the compiled forward is that of a twin
+    # without hooks (Dynamo cannot trace those hooks without breaking the graph), used only while every
+    # hook there is such an idle one. Any other hook: the eager twin runs it.
+    inside = _registries(list(twin.modules()))
+    # Every layer's twin runs the same forward code: Dynamo traces it once and all layers share the graph.
+    fast = torch.compile(_unhooked(twin).forward, dynamic=True) if compile else None
 
     def forward(*args, **kwargs):
         # In training mode the bridge's path too: the twin's copied modules keep the mode they were made in.
         if layer.training or _global_hooks() or _observed(points) or _hooked(components, block):
             return bridge_forward(*args, **kwargs)
+        # Only a pass that reads: a key/value cache is a Python object updated in place at every step
+        # (generation), and a gradient needs autograd's graph.
+        if (fast is not None and kwargs.get("past_key_values") is None and not torch.is_grad_enabled()
+                and _only_idle_capture_hooks(inside, weightless=attention)):
+            return fast(*args, **kwargs)
         return twin.forward(*args, **kwargs)
 
     # The block passes the layer only the keyword arguments its forward's signature names.
@@ -242,9 +362,9 @@ def _lean_layer(block: BlockBridge, *, attention: bool) -> bool:
     return True
 
 
-def lean(model) -> dict[str, int]:
+def lean(model, *, compile: bool = False) -> dict[str, int]:
     """Give ``model``'s decoder layers, normalisation and attention components the lean forward
-    (once; in place).
+    (once; in place); with ``compile``, twins also get a compiled forward for passes that only read.
 
     Returns how many of each were changed. Components of other bridge classes (whose wrapped HF
     modules this has not been checked against) keep the bridge's forward, and so does attention in
@@ -260,7 +380,7 @@ def lean(model) -> dict[str, int]:
     # Twins first: they are built from the components as they are, before any gets a lean forward.
     for module in model.modules():
         if isinstance(module, BlockBridge):
-            counts["layers"] += _lean_layer(module, attention=attention)
+            counts["layers"] += _lean_layer(module, attention=attention, compile=compile)
     for module in model.modules():  # each module once, however many names it has
         if "forward" in module.__dict__:
             continue  # already lean

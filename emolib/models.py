@@ -425,7 +425,7 @@ def _resolve_source(name: str) -> tuple[str, str]:
 
 
 def load_model(name: str = "gemma-3-270m", *, device: str | torch.device = "auto",
-               dtype: str | torch.dtype = "auto"):
+               dtype: str | torch.dtype = "auto", compile: bool | None = None):
     """Load ``name`` as a TransformerLens ``TransformerBridge`` (with ``.tokenizer``), in eval mode.
 
     ``name`` is an embedded model (see :data:`EMBEDDED_MODELS`), a local Hugging Face directory, a
@@ -435,15 +435,21 @@ def load_model(name: str = "gemma-3-270m", *, device: str | torch.device = "auto
     With ``HF_HUB_OFFLINE=1``, or when a short probe finds the hub unreachable, a hub id loads only
     from the local hub cache; otherwise :class:`ModelNotFoundError` comes at once, with the nearest
     embedded name.
+
+    ``compile``: compile the decoder layers for passes that only read (capture, scoring; see
+    :mod:`emolib.lean`); ``None`` compiles where ``torch.compile`` works unless ``EMOLIB_COMPILE=0``,
+    ``True`` where it cannot is a :class:`~emolib.lean.CompileUnavailable`. Recorded as
+    ``model.emolib_compiled``.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
-    from emolib.lean import lean
+    from emolib.lean import lean, resolve_compile
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-tensor loading bars would fill every chapter's output
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, device=dev)
+    compiled = resolve_compile(compile, device_type=dev.type)
     kind, location = _resolve_source(name)
     try:
         bridge = TransformerBridge.boot_transformers(location, device=dev, dtype=dt)
@@ -461,7 +467,9 @@ def load_model(name: str = "gemma-3-270m", *, device: str | torch.device = "auto
                                  f"({_first_line(exc)})") from exc
     bridge.eval()
     bridge.emolib_source = {"name": name, "kind": kind, "location": location}
-    bridge.emolib_lean = lean(bridge)
+    bridge.emolib_lean = lean(bridge, compile=compiled)
+    # Compiled only where a layer has a twin to compile.
+    bridge.emolib_compiled = compiled and bridge.emolib_lean["layers"] > 0
     return bridge
 
 

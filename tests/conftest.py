@@ -10,6 +10,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests load many models; compiling each would cost seconds to minutes. The compiled path has its own
+# tests (tests/test_compile.py), which ask for it explicitly.
+os.environ.setdefault("EMOLIB_COMPILE", "0")
 
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED = ["gemma-3-270m", "smollm2-135m-instruct"]
