@@ -199,15 +199,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {k:<18} {n / t[k]:7.0f} tokens/s  {r['flops'] / t[k] / 1e9:6.1f} GFLOP/s = "
                   f"{r['flops'] / t[k] / r['peak'][dt]:4.0%} of the {dt} matmul peak ({r['peak'][dt] / 1e9:.0f} GFLOP/s)")
         times = r["times"]
+        references = ([("capture_eager", "the same capture with eager layers"),
+                       ("hf_compiled", "HF body compiled whole")] if r["compiled"] else [])
+        references += [("hf_cached", "HF body with its default key/value cache"),
+                       ("hf_eager", "HF body with eager attention"), ("bridge_body", "the bridge's own pass"),
+                       ("hf_states", "HF hidden states of every layer + the same span means")]
         for dt in r["peak"]:
-            if r["compiled"]:
-                for other, label in (("capture_eager", "the same capture with eager layers"),
-                                     ("hf_compiled", "HF body compiled whole")):
-                    m, lo, hi = paired(times, f"{other}_{dt}", f"capture_{dt}")
-                    print(f"  (capture / {label}, {dt}: {m:.3f}x [{lo:.3f}, {hi:.3f}], for reference)")
-            for other, label in (("hf_cached", "HF body with its default key/value cache"),
-                                 ("hf_eager", "HF body with eager attention"), ("bridge_body", "the bridge's own pass"),
-                                 ("hf_states", "HF hidden states of every layer + the same span means")):
+            for other, label in references:
                 m, lo, hi = paired(times, f"{other}_{dt}", f"capture_{dt}")
                 print(f"  (capture / {label}, {dt}: {m:.3f}x [{lo:.3f}, {hi:.3f}], for reference)")
         checks = [(f"capture / plain HF body (sdpa, no cache), {dt}", paired(times, f"hf_body_{dt}", f"capture_{dt}"),

@@ -13,8 +13,9 @@ A chapter whose inputs are unchanged since its last run is reused, not re-execut
 folder keeps ``run_keys.json``, one key per chapter hashing the chapter source, its parameters,
 the data files, the ``emolib`` code that computes (everything but this runner and the progress
 display), the pinned library versions, whether the models run compiled (``EMOLIB_COMPILE``; it
-changes their rounding) and the previous chapter's key (chapters read what earlier ones wrote); it also records whether the run is a quick one, and a run never mixes quick and full
-chapters in one folder. ``--force`` re-executes everything.
+changes their rounding) and the previous chapter's key (chapters read what earlier ones wrote); it
+also records whether the run is a quick one, and a run never mixes quick and full chapters in one
+folder. ``--force`` re-executes everything.
 
 The executed notebooks are published as they will be read: the staging folder's path is replaced
 by the run folder's, and papermill's injected-parameters cell is collapsed (``hide-input``). While a
@@ -791,8 +792,8 @@ def run_chapters(model: str, *, quick: bool = False, out: Path | None = None,
         _refuse_unused(overrides, declared)
         stored, usable = _previous_keys(target, quick=quick, force=force)
         plan = _plan(chapters, sources, declared, model=model, quick=quick, device=device, dtype=dtype,
-                     compiled=compiled, overrides=overrides, previous={} if force else stored, stored=stored, target=target,
-                     subset=subset)
+                     compiled=compiled, overrides=overrides, previous={} if force else stored, stored=stored,
+                     target=target, subset=subset)
         # Everything above only reads; from here on the run writes.
         removed = remove_stale_runs(out, target.name)
         if removed:

@@ -11,14 +11,12 @@ from conftest import real_model
 from emolib import capture as capture_module
 from emolib import lean
 from emolib.capture import capture
-from emolib.generation import generate_batch, right_pad
+from emolib.generation import generate_batch
 from emolib.models import load_model
+from test_lean import TEXTS, padded_batch, uniform_pattern
 
 needs_compiler = pytest.mark.skipif(not lean.compile_available("cpu"),
                                     reason="torch.compile cannot build CPU kernels here (no C++ compiler)")
-
-TEXTS = ["The quick brown fox jumps over the lazy dog.", "I could not sleep.",
-         "She walked to the market and bought bread, apples and cheese."]
 
 
 def test_resolve_compile_reads_the_environment(monkeypatch):
@@ -102,19 +100,14 @@ def test_capture_runs_the_compiled_layers_and_gives_the_same_activations(compile
 @needs_compiler
 def test_hooks_inside_a_compiled_layer_still_fire_and_edit(compiled_pair):
     fast, eager = compiled_pair
-    toks, mask = right_pad([fast.tokenizer(t)["input_ids"] for t in TEXTS[:1]], fast.tokenizer.pad_token_id or 0)
-
-    def uniform(pattern, hook):
-        keep = pattern > 0
-        return keep / keep.sum(-1, keepdim=True)
-
+    toks, mask = padded_batch(fast, TEXTS[:1])
     seen = []
     with torch.no_grad():
         base = fast(toks, attention_mask=mask)
-        with fast.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", uniform),
+        with fast.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", uniform_pattern),
                                    ("blocks.1.ln1.hook_scale", lambda x, hook: seen.append(x))]):
             edited = fast(toks, attention_mask=mask)
-        with eager.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", uniform)]):
+        with eager.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", uniform_pattern)]):
             reference = eager(toks, attention_mask=mask)
     assert len(seen) == 1
     assert (edited - base).abs().max() > 1e-3
@@ -129,7 +122,7 @@ def test_generation_and_hf_output_capture_keep_the_eager_path(compiled_pair):
     assert (generate_batch(fast, prompts, max_new_tokens=6, stop_at_eos=False)
             == generate_batch(eager, prompts, max_new_tokens=6, stop_at_eos=False))
     # transformers collects hidden states through hooks on the layers: they must fire
-    toks, mask = right_pad(prompts, fast.tokenizer.pad_token_id or 0)
+    toks, mask = padded_batch(fast, TEXTS)
     with torch.no_grad():
         ours = fast.original_model.model(input_ids=toks, attention_mask=mask, output_hidden_states=True)
         ref = eager.original_model.model(input_ids=toks, attention_mask=mask, output_hidden_states=True)

@@ -75,16 +75,17 @@ def test_an_observed_inner_hook_point_fires_and_still_sees_the_same_model(tiny_m
     torch.testing.assert_close(observed[real], reference[real], atol=1e-5, rtol=1e-5)
 
 
+def uniform_pattern(pattern, hook):
+    """An editing hook: uniform attention over every position a query may see."""
+    keep = pattern > 0
+    return keep / keep.sum(-1, keepdim=True)
+
+
 def test_an_editing_inner_hook_changes_the_output(tiny_model):
     toks, mask = padded_batch(tiny_model, TEXTS[:1])
-
-    def uniform(pattern, hook):
-        keep = pattern > 0
-        return keep / keep.sum(-1, keepdim=True)
-
     with torch.no_grad():
         base = tiny_model(toks, attention_mask=mask)
-        with tiny_model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", uniform)]):
+        with tiny_model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", uniform_pattern)]):
             edited = tiny_model(toks, attention_mask=mask)
         again = tiny_model(toks, attention_mask=mask)
     assert (edited - base).abs().max() > 1e-3
